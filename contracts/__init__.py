@@ -1,0 +1,73 @@
+"""synthdetect's wire format, importable by producers without the worker.
+
+Messages: ``ClassifyJob`` and ``RetrainJob`` (producers send them), ``ImageResult``,
+``JobSummary`` and ``RetrainSummary`` (the worker writes them), ``ModelCard`` (next
+to every model file). ``ClassifyShard`` is internal to workers.
+"""
+
+from contracts._base import SCHEMA_VERSION, ModelId, ModelRef
+from contracts.errors import ErrorCode, ImageError
+from contracts.jobs import (
+    Budget,
+    Callback,
+    ClassifyJob,
+    ClassifyShard,
+    Holdout,
+    ManifestDataset,
+    ManifestInput,
+    OutputLocation,
+    PrefixDataset,
+    PrefixInput,
+    PromotionPolicy,
+    RetrainJob,
+    ShardItem,
+    TarDataset,
+    TarInput,
+    TarSlice,
+    UriListInput,
+)
+from contracts.model_card import (
+    Calibration,
+    DataSummary,
+    EvaluationMetrics,
+    ModelCard,
+    Preprocessing,
+    TrainingInfo,
+)
+from contracts.results import Counts, ImageResult, JobSummary, RetrainSummary, Timings
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Budget",
+    "Calibration",
+    "Callback",
+    "ClassifyJob",
+    "ClassifyShard",
+    "Counts",
+    "DataSummary",
+    "ErrorCode",
+    "EvaluationMetrics",
+    "Holdout",
+    "ImageError",
+    "ImageResult",
+    "JobSummary",
+    "ManifestDataset",
+    "ManifestInput",
+    "ModelCard",
+    "ModelId",
+    "ModelRef",
+    "OutputLocation",
+    "PrefixDataset",
+    "PrefixInput",
+    "Preprocessing",
+    "PromotionPolicy",
+    "RetrainJob",
+    "RetrainSummary",
+    "ShardItem",
+    "TarDataset",
+    "TarInput",
+    "TarSlice",
+    "Timings",
+    "TrainingInfo",
+    "UriListInput",
+]

@@ -1,0 +1,85 @@
+"""Shared building blocks of the wire format.
+
+Every contract model is strict: unknown fields and wrong types are rejected, and
+pydantic's error names the offending field (``inputs.uris.3``), which the worker
+copies verbatim into the dead-letter reason.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION = 1
+"""The one wire version this package reads and writes."""
+
+SchemaVersion = Literal[1]
+
+
+class Contract(BaseModel):
+    """Base of every message: strict, immutable, no extra fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, populate_by_name=True)
+
+
+_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
+
+
+def _check_s3_uri(value: str) -> str:
+    if not _S3_URI.match(value):
+        raise ValueError("must look like s3://bucket/key (lower-case bucket name, 3-63 chars)")
+    return value
+
+
+S3Uri = Annotated[str, AfterValidator(_check_s3_uri), Field(examples=["s3://images/2026/11/a.jpg"])]
+"""An ``s3://bucket/key`` address; the key may be empty for a whole bucket."""
+
+JobId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"),
+    Field(
+        description=(
+            "Producer-chosen idempotency key. Used in result keys and as the webhook-id, "
+            "so it is restricted to letters, digits and . _ : -"
+        ),
+        examples=["moderation-2026-11-28-000042"],
+    ),
+]
+
+ModelName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9._\-]{0,63}$"),
+    Field(description="Registry name of a model, e.g. 'default'.", examples=["default"]),
+]
+
+ModelVersion = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"),
+    Field(description="A published version of a model, e.g. '3'.", examples=["1"]),
+]
+
+Label = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s/\\]+$"),
+    Field(description="A class label such as 'real' or 'synthetic'.", examples=["real"]),
+]
+
+
+class ModelRef(Contract):
+    """Which model serves a job: a name and, optionally, a pinned version.
+
+    Without a version the worker uses whatever the ``production`` alias points at
+    when each batch runs, so promotions take effect between batches.
+    """
+
+    name: ModelName = "default"
+    version: ModelVersion | None = None
+
+
+class ModelId(Contract):
+    """The exact model that produced a result (always fully resolved)."""
+
+    name: ModelName
+    version: ModelVersion

@@ -1,0 +1,41 @@
+"""Stable per-image error codes.
+
+A code never changes meaning once published; producers may switch on it. The
+message next to it is for people and may change wording.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from contracts._base import Contract
+
+
+class ErrorCode(StrEnum):
+    """Why one image has no label."""
+
+    NOT_FOUND = "not_found"
+    """The object or file does not exist."""
+    FORBIDDEN = "forbidden"
+    """The store refused access (credentials, bucket policy)."""
+    FETCH_FAILED = "fetch_failed"
+    """Reading the object failed for another reason (network, timeout, server error)."""
+    EMPTY_FILE = "empty_file"
+    """The object has zero bytes."""
+    TOO_LARGE = "too_large"
+    """The object is larger than the configured maximum number of bytes."""
+    TOO_MANY_PIXELS = "too_many_pixels"
+    """Width x height exceeds the configured maximum (decompression-bomb guard)."""
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    """The bytes are not an image, or an image format that is not allowed."""
+    CORRUPT_IMAGE = "corrupt_image"
+    """The format was recognised but decoding failed (truncated or damaged data)."""
+    INFERENCE_FAILED = "inference_failed"
+    """The model raised while scoring this image's batch."""
+
+
+class ImageError(Contract):
+    """A structured, per-image failure: a stable code and a sentence for people."""
+
+    code: ErrorCode
+    message: str
