@@ -32,6 +32,8 @@ class ErrorCode(StrEnum):
     """The format was recognised but decoding failed (truncated or damaged data)."""
     INFERENCE_FAILED = "inference_failed"
     """The model raised while scoring this image's batch."""
+    INTERNAL_ERROR = "internal_error"
+    """An unexpected failure inside synthdetect (a bug); the worker log has the details."""
 
 
 class ImageError(Contract):

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         ge=1,
         description="Images waiting for the batcher; submitters block beyond it (backpressure).",
     )
+    cuda_precision: Literal["bf16", "fp16", "fp32"] = Field(
+        default="bf16", description="Autocast precision on CUDA (the CPU always runs fp32)."
+    )
     fetch_concurrency: int = Field(
         default=16, ge=1, le=512, description="Images read from storage at the same time."
     )
@@ -86,6 +89,11 @@ class Settings(BaseSettings):
         ),
     )
     default_model: str = Field(default="default", description="Model used when none is named.")
+    alias_poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often a worker re-reads model aliases (how fast promotions arrive).",
+    )
 
     # --- object storage ----------------------------------------------------------
     s3_endpoint_url: str | None = Field(
@@ -94,6 +102,14 @@ class Settings(BaseSettings):
     s3_region: str = Field(default="us-east-1", description="Region for S3 requests.")
     s3_max_pool_connections: int = Field(
         default=64, ge=1, description="HTTP connections boto3 keeps open to S3."
+    )
+    s3_connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Seconds to wait for a TCP connection to S3."
+    )
+    s3_read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds to wait for S3 to send the next bytes of a response.",
     )
 
     def decode_thread_count(self) -> int:

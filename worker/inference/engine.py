@@ -1,0 +1,110 @@
+"""The inference engine of one process: model provider + one shared dynamic batcher.
+
+Every job in the process submits its images here, so concurrent small jobs end
+up in the same batches. A batch may mix models (during an alias swap, or jobs
+pinned to different versions); it is split into one model call per model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from contracts import ModelRef
+from worker.inference.batcher import BatchEvent, BatchStats, DynamicBatcher
+from worker.inference.device import configure_cpu_threads, select_device
+from worker.inference.model import LoadedModel, Prediction
+from worker.inference.provider import ModelProvider
+from worker.inference.registry import ModelRegistry
+from worker.settings import Settings
+from worker.storage import Storage
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """Preprocessed pixels (H, W, 3 uint8) and the model they were prepared for."""
+
+    pixels: np.ndarray
+    model: LoadedModel
+
+
+def score_requests(requests: list[ScoringRequest]) -> list[Prediction]:
+    """Run a batch: one forward pass per distinct model, results back in request order."""
+    results: list[Prediction | None] = [None] * len(requests)
+    by_model: dict[int, list[int]] = {}
+    for i, request in enumerate(requests):
+        by_model.setdefault(id(request.model), []).append(i)
+    for indices in by_model.values():
+        model = requests[indices[0]].model
+        predictions = model.predict(np.stack([requests[i].pixels for i in indices]))
+        for i, prediction in zip(indices, predictions, strict=True):
+            results[i] = prediction
+    return results  # type: ignore[return-value]
+
+
+class InferenceEngine:
+    """``model_for`` picks the model for an image; ``submit`` scores it in a shared batch."""
+
+    def __init__(
+        self,
+        provider: ModelProvider,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+        on_batch: Callable[[BatchEvent], None] | None = None,
+    ) -> None:
+        self.provider = provider
+        self._batcher: DynamicBatcher[ScoringRequest, Prediction] = DynamicBatcher(
+            score_requests,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            on_batch=on_batch,
+            name="inference-batcher",
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        storage: Storage,
+        on_batch: Callable[[BatchEvent], None] | None = None,
+    ) -> InferenceEngine:
+        """Build the process's engine; CUDA is initialised here, never at import."""
+        configure_cpu_threads(settings.torch_threads)
+        provider = ModelProvider(
+            ModelRegistry.from_settings(settings, storage),
+            select_device(settings.device),
+            autocast_dtype=_AUTOCAST[settings.cuda_precision],
+            alias_ttl_s=settings.alias_poll_s,
+        )
+        return cls(
+            provider,
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.batch_queue_size,
+            on_batch=on_batch,
+        )
+
+    @property
+    def stats(self) -> BatchStats:
+        return self._batcher.stats
+
+    def model_for(self, ref: ModelRef) -> LoadedModel:
+        """The model the next image for ``ref`` must be preprocessed for and scored by."""
+        return self.provider.get(ref)
+
+    def submit(self, pixels: np.ndarray, model: LoadedModel) -> Future[Prediction]:
+        """Queue one preprocessed image; blocks while the batch queue is full."""
+        return self._batcher.submit(ScoringRequest(pixels, model))
+
+    def close(self) -> None:
+        """Finish queued images and stop the batcher thread."""
+        self._batcher.close()

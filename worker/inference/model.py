@@ -1,0 +1,142 @@
+"""A loaded model: TorchScript module + card, ready to score uint8 image batches.
+
+The model file format is private to this module (``load_model``), so adding a
+``torch.export`` package later touches nothing else. Loading refuses a file
+whose sha256 differs from the card: a truncated upload or a swapped file must
+never serve traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from contracts import ModelCard, ModelId
+from worker.errors import ChecksumMismatch, ModelError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's calibrated scores and the model that produced them."""
+
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    model: ModelId
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model in memory on one device. Thread-safe for inference."""
+
+    card: ModelCard
+    module: torch.jit.ScriptModule
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+    _mean: torch.Tensor = field(init=False, repr=False)
+    _inv_std: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        spec = self.card.preprocessing
+        shape = (1, 3, 1, 1)
+        self._mean = torch.tensor(spec.mean, device=self.device).view(shape) * 255.0
+        self._inv_std = 1.0 / (torch.tensor(spec.std, device=self.device).view(shape) * 255.0)
+
+    @property
+    def id(self) -> ModelId:
+        return ModelId(name=self.card.name, version=self.card.version)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(height, width, 3): what ``predict`` expects per image."""
+        h, w = self.card.preprocessing.input_size
+        return (h, w, 3)
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities, shape (N, len(labels)), for uint8 NHWC images.
+
+        Normalisation runs on the device on the whole batch; NHWC uint8 permuted to
+        NCHW is already channels_last, which is what the exported convolutions want.
+        """
+        if images.ndim != 4 or images.shape[1:] != self.input_shape or images.dtype != np.uint8:
+            raise ValueError(
+                f"expected uint8 images of shape (N, {self.input_shape}), "
+                f"got {images.dtype} {images.shape}"
+            )
+        batch = torch.from_numpy(images)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        x = batch.permute(0, 3, 1, 2).float()
+        x = (x - self._mean) * self._inv_std
+        with torch.inference_mode(), self._autocast():
+            logits = self.module(x)
+        logits = logits.float() / self.card.calibration.temperature
+        return torch.softmax(logits, dim=1).cpu().numpy()
+
+    def predict(self, images: np.ndarray) -> list[Prediction]:
+        """One ``Prediction`` per image, in order."""
+        probs = self.predict_proba(images)
+        labels = self.card.labels
+        model_id = self.id
+        best = probs.argmax(axis=1)
+        return [
+            Prediction(
+                label=labels[k],
+                confidence=float(row[k]),
+                scores={label: float(p) for label, p in zip(labels, row, strict=True)},
+                model=model_id,
+            )
+            for row, k in zip(probs, best, strict=True)
+        ]
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
+        """Run a few dummy batches so the first real request does not pay for JIT profiling."""
+        for n in batch_sizes:
+            self.predict_proba(np.zeros((n, *self.input_shape), dtype=np.uint8))
+
+    def _autocast(self) -> torch.autocast:
+        enabled = self.device.type == "cuda" and self.autocast_dtype is not None
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=self.autocast_dtype or torch.bfloat16,
+            enabled=enabled,
+        )
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of a byte string (the form model cards use)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_model(
+    card: ModelCard,
+    model_bytes: bytes,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> LoadedModel:
+    """Verify ``model_bytes`` against the card, load it onto ``device`` and warm it up."""
+    digest = sha256_hex(model_bytes)
+    if digest != card.sha256:
+        raise ChecksumMismatch(
+            f"model {card.name}@{card.version}: file sha256 {digest} != card {card.sha256}"
+        )
+    if card.format != "torchscript":
+        raise ModelError(f"model {card.name}@{card.version}: unsupported format {card.format!r}")
+    with warnings.catch_warnings():
+        # TorchScript is deprecated upstream; we keep it behind this one loader.
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            module = torch.jit.load(io.BytesIO(model_bytes), map_location=device)
+        except RuntimeError as exc:
+            raise ModelError(f"model {card.name}@{card.version} does not load: {exc}") from exc
+        module.eval()
+        if device.type == "cpu":
+            module = torch.jit.optimize_for_inference(module)
+    loaded = LoadedModel(card=card, module=module, device=device, autocast_dtype=autocast_dtype)
+    loaded.warm_up()
+    return loaded

@@ -1,0 +1,98 @@
+"""Loaded models for a process, following aliases so promotions take effect live.
+
+``get`` is called once per image before preprocessing, and the image then
+carries that ``LoadedModel`` through the batcher. A model is therefore swapped
+between images, never inside one: an image preprocessed for version 3 is scored
+by version 3 even if the alias moves to 4 meanwhile, and a new version serves
+traffic only after it loaded, verified and warmed up completely.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+import torch
+
+from contracts import ModelId, ModelRef
+from worker.inference.model import LoadedModel, load_model
+from worker.inference.registry import ModelRegistry
+from worker.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class ModelProvider:
+    """Thread-safe cache of loaded models plus alias resolution with a short TTL."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        device: torch.device,
+        *,
+        autocast_dtype: torch.dtype | None = None,
+        alias_ttl_s: float = 5.0,
+        max_loaded: int = 4,
+    ) -> None:
+        self.registry = registry
+        self.device = device
+        self._autocast_dtype = autocast_dtype
+        self._alias_ttl_s = alias_ttl_s
+        self._max_loaded = max_loaded
+        self._loaded: OrderedDict[ModelId, LoadedModel] = OrderedDict()
+        self._aliases: dict[str, tuple[ModelId, float]] = {}
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+
+    def get(self, ref: ModelRef) -> LoadedModel:
+        """The model that should score the next image for ``ref``."""
+        return self._get_loaded(self.resolve(ref))
+
+    def resolve(self, ref: ModelRef) -> ModelId:
+        """A pinned version as is; an alias from cache if younger than the TTL."""
+        if ref.version is not None:
+            return ModelId(name=ref.name, version=ref.version)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._aliases.get(ref.name)
+        if cached is not None and now - cached[1] < self._alias_ttl_s:
+            return cached[0]
+        resolved = self.registry.resolve(ref)
+        with self._lock:
+            previous = self._aliases.get(ref.name)
+            self._aliases[ref.name] = (resolved, now)
+        if previous is not None and previous[0] != resolved:
+            log.info(
+                "model_alias_moved", model=ref.name, old=previous[0].version, new=resolved.version
+            )
+        return resolved
+
+    def _get_loaded(self, model_id: ModelId) -> LoadedModel:
+        with self._lock:
+            loaded = self._loaded.get(model_id)
+            if loaded is not None:
+                self._loaded.move_to_end(model_id)
+                return loaded
+        # One load at a time: a burst of requests for a new version loads it once.
+        with self._load_lock:
+            with self._lock:
+                loaded = self._loaded.get(model_id)
+            if loaded is None:
+                started = time.monotonic()
+                card, data = self.registry.read_model(model_id)
+                loaded = load_model(card, data, self.device, self._autocast_dtype)
+                log.info(
+                    "model_loaded",
+                    model=model_id.name,
+                    version=model_id.version,
+                    device=str(self.device),
+                    load_ms=round((time.monotonic() - started) * 1e3),
+                )
+            with self._lock:
+                self._loaded[model_id] = loaded
+                self._loaded.move_to_end(model_id)
+                while len(self._loaded) > self._max_loaded:
+                    # Images in flight keep their own reference; eviction only drops ours.
+                    self._loaded.popitem(last=False)
+            return loaded

@@ -1,0 +1,95 @@
+"""Where model versions live: ``<root>/<name>/<version>/{model.pt,card.json}``.
+
+Aliases are small JSON objects, ``<root>/<name>/aliases/<alias>.json`` holding
+``{"version": ..., "history": [...]}``; ``production`` is the alias a job
+follows unless it pins a version. Several roots are searched in order (the
+configured registry, then the models bundled in the package), so a fresh
+deployment serves the bundled default model before anything was ever trained.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from contracts import ModelCard, ModelId, ModelRef
+from worker.errors import ModelError, ObjectNotFound
+from worker.settings import BUNDLED_MODELS, Settings
+from worker.storage import Storage, join_uri
+
+PRODUCTION = "production"
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    """Which version an alias points at now, and the versions it pointed at before."""
+
+    version: str
+    history: tuple[str, ...] = ()
+
+
+class ModelRegistry:
+    """Reads models and aliases from one or more roots (first match wins)."""
+
+    def __init__(self, storage: Storage, roots: list[str]) -> None:
+        if not roots:
+            raise ValueError("a registry needs at least one root")
+        self.storage = storage
+        self.roots = roots
+
+    @classmethod
+    def from_settings(cls, settings: Settings, storage: Storage) -> ModelRegistry:
+        roots = [settings.model_registry] if settings.model_registry else []
+        return cls(storage, [*roots, str(BUNDLED_MODELS)])
+
+    @property
+    def primary_root(self) -> str:
+        """The root new versions are published to (the configured registry)."""
+        return self.roots[0]
+
+    def resolve(self, ref: ModelRef, alias: str = PRODUCTION) -> ModelId:
+        """The exact version a reference means right now."""
+        if ref.version is not None:
+            self._root_of(ref.name, ref.version)  # raises if no root has it
+            return ModelId(name=ref.name, version=ref.version)
+        record = self.read_alias(ref.name, alias)
+        if record is None:
+            raise ModelError(f"model {ref.name!r} has no {alias!r} alias in {self.roots}")
+        return ModelId(name=ref.name, version=record.version)
+
+    def read_alias(self, name: str, alias: str = PRODUCTION) -> AliasRecord | None:
+        """The alias from the first root that has it, or None."""
+        for root in self.roots:
+            try:
+                raw = self.storage.get_bytes(self.alias_uri(root, name, alias))
+            except ObjectNotFound:
+                continue
+            data = json.loads(raw)
+            return AliasRecord(version=str(data["version"]), history=tuple(data.get("history", ())))
+        return None
+
+    def read_card(self, model: ModelId) -> ModelCard:
+        """The card of one version."""
+        root = self._root_of(model.name, model.version)
+        raw = self.storage.get_bytes(join_uri(self.version_uri(root, model), "card.json"))
+        return ModelCard.model_validate_json(raw)
+
+    def read_model(self, model: ModelId) -> tuple[ModelCard, bytes]:
+        """Card and model file bytes of one version (checksum is verified by the loader)."""
+        card = self.read_card(model)
+        root = self._root_of(model.name, model.version)
+        return card, self.storage.get_bytes(join_uri(self.version_uri(root, model), card.file))
+
+    @staticmethod
+    def version_uri(root: str, model: ModelId) -> str:
+        return join_uri(root, model.name, model.version)
+
+    @staticmethod
+    def alias_uri(root: str, name: str, alias: str) -> str:
+        return join_uri(root, name, "aliases", f"{alias}.json")
+
+    def _root_of(self, name: str, version: str) -> str:
+        for root in self.roots:
+            if self.storage.exists(join_uri(root, name, version, "card.json")):
+                return root
+        raise ModelError(f"model {name}@{version} is not in any registry root {self.roots}")
