@@ -80,6 +80,29 @@ class ModelRegistry:
         root = self._root_of(model.name, model.version)
         return card, self.storage.get_bytes(join_uri(self.version_uri(root, model), card.file))
 
+    def publish(self, card: ModelCard, model_bytes: bytes) -> str:
+        """Write a version to the primary root: the file first, the card last.
+
+        A reader that finds the card therefore always finds the complete file.
+        Returns the card's URI.
+        """
+        base = self.version_uri(self.primary_root, ModelId(name=card.name, version=card.version))
+        self.storage.put_bytes(join_uri(base, card.file), model_bytes)
+        card_uri = join_uri(base, "card.json")
+        self.storage.put_bytes(
+            card_uri, card.model_dump_json(indent=2).encode(), content_type="application/json"
+        )
+        return card_uri
+
+    def write_alias(self, name: str, record: AliasRecord, alias: str = PRODUCTION) -> None:
+        """Point ``alias`` of ``name`` at ``record.version`` in the primary root."""
+        body = {"version": record.version, "history": list(record.history)}
+        self.storage.put_bytes(
+            self.alias_uri(self.primary_root, name, alias),
+            json.dumps(body, indent=2).encode(),
+            content_type="application/json",
+        )
+
     @staticmethod
     def version_uri(root: str, model: ModelId) -> str:
         return join_uri(root, model.name, model.version)

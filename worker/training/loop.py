@@ -1,0 +1,197 @@
+"""The training loop: AdamW with a one-cycle schedule on in-memory uint8 images.
+
+Images stay uint8 NHWC in memory (a 30,000-image 32x32 set is 92 MB) and are
+normalised per batch exactly as the inference engine does it, so training and
+serving see the same numbers. On CPUs with bf16 support, autocast to bf16
+trains about 1.5x faster (measured on this project's 2-core AMD EPYC).
+Optionally a teacher network is distilled into the student on the same
+augmented views.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (recorded in the model card)."""
+
+    epochs: float = 30
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    flip: bool = True
+    translate: int = 2
+    warmup_share: float = 0.25
+    bf16: bool = True
+    seed: int = 0
+    distill_alpha: float = 0.0
+    distill_temperature: float = 2.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Per-channel mean and std on the [0, 1] scale, as in the model card."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, images: np.ndarray) -> Normalisation:
+        """Statistics of a uint8 NHWC image set."""
+        flat = images.reshape(-1, 3).astype(np.float64) / 255.0
+        mean = flat.mean(axis=0)
+        std = flat.std(axis=0)
+        return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))  # type: ignore[arg-type]
+
+    def apply(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> normalised float NCHW (channels_last memory)."""
+        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """Progress of a run, passed to ``on_epoch`` after every epoch."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    elapsed_s: float
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and small translations (reflect padding), batch-wise."""
+    if cfg.flip:
+        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    if cfg.translate > 0:
+        pad = cfg.translate
+        h, w = x.shape[2], x.shape[3]
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        i, j = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+        x = padded[:, :, i : i + h, j : j + w]
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has native bf16 arithmetic (else autocast would be slower)."""
+    return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and (
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def train_classifier(
+    net: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    norm: Normalisation,
+    cfg: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    deadline: float | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> nn.Module:
+    """Train ``net`` in place on uint8 NHWC ``images``; returns it in eval mode.
+
+    ``deadline`` (a ``time.monotonic()`` value) shortens the run: the schedule is
+    planned for ``cfg.epochs`` but training stops at the deadline, so budgeted
+    searches never overrun.
+    """
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    x_all = torch.from_numpy(images)
+    y_all = torch.from_numpy(labels.astype(np.int64))
+    n = len(y_all)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = max(1, round(cfg.epochs * steps_per_epoch))
+    net = net.to(memory_format=torch.channels_last).train()
+    if teacher is not None:
+        teacher = teacher.eval()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_share
+    )
+    use_bf16 = cfg.bf16 and bf16_supported()
+    started = time.monotonic()
+    step = 0
+    epoch = 0
+    while step < total_steps:
+        order = torch.randperm(n, generator=generator)
+        loss_sum = 0.0
+        for start in range(0, n, cfg.batch_size):
+            if step >= total_steps or (deadline is not None and time.monotonic() >= deadline):
+                break
+            idx = order[start : start + cfg.batch_size]
+            x = augment(norm.apply(x_all[idx]), cfg, generator)
+            y = y_all[idx]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                logits = net(x)
+                teacher_logits = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+            loss = _loss(logits.float(), y, cfg, teacher_logits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            loss_sum += loss.item() * len(idx)
+        epoch += 1
+        if on_epoch is not None:
+            on_epoch(EpochReport(epoch, math.ceil(cfg.epochs), loss_sum / n, time.monotonic() - started))
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    return net.eval()
+
+
+def _loss(
+    logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, teacher_logits: torch.Tensor | None
+) -> torch.Tensor:
+    hard = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    if teacher_logits is None or cfg.distill_alpha <= 0:
+        return hard
+    t = cfg.distill_temperature
+    soft = F.kl_div(
+        F.log_softmax(logits / t, dim=1),
+        F.softmax(teacher_logits.float() / t, dim=1),
+        reduction="batchmean",
+    ) * (t * t)
+    return cfg.distill_alpha * soft + (1 - cfg.distill_alpha) * hard
+
+
+@torch.inference_mode()
+def predict_logits(
+    net: nn.Module,
+    images: np.ndarray,
+    norm: Normalisation,
+    *,
+    flip_tta: bool = False,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Logits for uint8 NHWC images (optionally averaged with the mirrored image's)."""
+    net = net.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = norm.apply(torch.from_numpy(images[start : start + batch_size]))
+        logits = net(x).float()
+        if flip_tta:
+            logits = (logits + net(x.flip(3)).float()) / 2
+        out.append(logits.numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
