@@ -52,7 +52,9 @@ class LabelledImages:
 
     def manifest_sha256(self) -> str:
         """Digest of the sorted (uri, label) rows: identifies the training data exactly."""
-        rows = sorted(f"{uri}\t{self.label_names[k]}" for uri, k in zip(self.uris, self.labels, strict=True))
+        rows = sorted(
+            f"{uri}\t{self.label_names[k]}" for uri, k in zip(self.uris, self.labels, strict=True)
+        )
         return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 

@@ -155,7 +155,9 @@ def train_classifier(
             loss_sum += loss.item() * len(idx)
         epoch += 1
         if on_epoch is not None:
-            on_epoch(EpochReport(epoch, math.ceil(cfg.epochs), loss_sum / n, time.monotonic() - started))
+            on_epoch(
+                EpochReport(epoch, math.ceil(cfg.epochs), loss_sum / n, time.monotonic() - started)
+            )
         if deadline is not None and time.monotonic() >= deadline:
             break
     return net.eval()
