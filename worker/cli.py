@@ -27,21 +27,60 @@ from worker.inference.engine import InferenceEngine
 from worker.inputs import expand_paths
 from worker.logs import configure_logging
 from worker.pipeline import PipelineConfig, classify_items
+from worker.producer import parse_model_ref, queues, submit
+from worker.review_cli import review
 from worker.settings import Settings, get_settings
 from worker.storage import Storage
 from worker.tally import ResultTally
-
-
-def parse_model_ref(text: str) -> ModelRef:
-    """``name`` or ``name@version`` -> ModelRef."""
-    name, _, version = text.partition("@")
-    return ModelRef(name=name, version=version or None)
 
 
 @click.group()
 @click.version_option(package_name="synthdetect")
 def main() -> None:
     """synthdetect: tell real photos from AI-generated images."""
+
+
+main.add_command(submit)
+main.add_command(queues)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--queues",
+    "-Q",
+    "queue_names",
+    default=None,
+    help="Comma-separated queues to consume (default: classify, bulk and callbacks).",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Tasks run at once (default: SYNTHDETECT_WORKER_CONCURRENCY).",
+)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(queue_names: str | None, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
+    """Run a queue worker (threads pool: one model shared by all running tasks).
+
+    Extra arguments go to ``celery worker`` unchanged, e.g. ``--hostname``.
+    """
+    from worker.app import app  # imported here: the embedded mode never needs Celery
+    from worker.queues import QueueNames
+
+    settings = get_settings()
+    names = QueueNames.from_settings(settings)
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--queues={queue_names or ','.join((names.classify, names.bulk, names.callbacks))}",
+        f"--loglevel={settings.log_level}",
+        "--without-mingle",
+        "--without-gossip",
+        *celery_args,
+    ]
+    app.worker_main(argv)
 
 
 @main.command()
@@ -164,3 +203,6 @@ def _print_summary(console: Console, tally: ResultTally, elapsed: float) -> None
     if accuracy is not None:
         per_class = ", ".join(f"{k} {v:.1%}" for k, v in tally.per_class_accuracy().items())
         console.print(f"accuracy against folder labels: {accuracy:.2%} ({per_class})")
+
+
+main.add_command(review)

