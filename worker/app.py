@@ -17,18 +17,42 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, signals
+from kombu import Queue
 
 from worker.ingest import PlainJsonIngest, TopologySetup
 from worker.logs import configure_logging
 from worker.queues import (
+    TASK_ACCEPT,
     TASK_DELIVER,
     TASK_RETRAIN,
+    TASK_SHARD,
     QueueNames,
     amqp_queues,
     setup_sqs_queues,
     sqs_queue_urls,
 )
 from worker.settings import Settings, get_settings
+
+
+class PriorityRouter:
+    """Routes job and shard tasks to the queue of their priority.
+
+    Producers name the queue themselves; this router covers messages that do
+    not (notably Celery's own retries, which would otherwise fall back to the
+    default queue and move a bulk shard into the interactive queue).
+    """
+
+    def __init__(self, names: QueueNames, declared: dict[str, Any]) -> None:
+        self._names = names
+        self._declared = declared
+
+    def __call__(
+        self, name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
+    ) -> dict[str, Any] | None:
+        if name not in (TASK_ACCEPT, TASK_SHARD) or not args or not isinstance(args[0], dict):
+            return None
+        priority = str(args[0].get("priority", "interactive"))
+        return {"queue": self._declared[self._names.for_priority(priority)]}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -53,23 +77,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": names.classify,
     }
     if settings.broker_kind == "amqp":
-        queues = amqp_queues(settings)
-        config["task_queues"] = [
-            queues[name] for name in (names.classify, names.bulk, names.callbacks)
-        ]
-        config["task_routes"] = {
-            TASK_DELIVER: {"queue": queues[names.callbacks]},
-            TASK_RETRAIN: {"queue": queues[names.retrain]},
-        }
+        declared: dict[str, Any] = amqp_queues(settings)
         # Publisher confirms: a job the producer was told is sent survives a broker crash.
         config["broker_transport_options"] = {"confirm_publish": True}
     else:
-        config["task_routes"] = {
-            TASK_DELIVER: {"queue": names.callbacks},
-            TASK_RETRAIN: {"queue": names.retrain},
-        }
+        declared = {name: Queue(name) for name in names.task_queues}
         # SQS has no fanout without SNS: no remote control, events or mingle.
         config["worker_enable_remote_control"] = False
+    config["task_queues"] = [declared[n] for n in (names.classify, names.bulk, names.callbacks)]
+    config["task_routes"] = [
+        PriorityRouter(names, declared),
+        {
+            TASK_DELIVER: {"queue": declared[names.callbacks]},
+            TASK_RETRAIN: {"queue": declared[names.retrain]},
+        },
+    ]
     return config
 
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from celery import Celery
 
 from worker.logs import get_logger
+from worker.metrics import DEAD_LETTERS
 from worker.queues import QueueNames, amqp_queues, dead_letter_exchange, sqs_client
 from worker.settings import Settings
 
@@ -110,4 +111,5 @@ def dead_letter(
 ) -> None:
     """Send and log one dead letter (the log line carries the reason, never the body)."""
     sink.send(body, reason, source_queue, job_id)
+    DEAD_LETTERS.inc()
     log.warning("message_dead_lettered", reason=reason, queue=source_queue, job_id=job_id)

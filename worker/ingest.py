@@ -101,6 +101,10 @@ class PlainJsonIngest(bootsteps.ConsumerStep):
         "worker.ingest:TopologySetup",
     )
 
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._app = parent.app
+
     def get_consumers(self, channel: Any) -> list[Consumer]:
         settings = get_settings()
         names = QueueNames.from_settings(settings)
@@ -109,7 +113,7 @@ class PlainJsonIngest(bootsteps.ConsumerStep):
             if settings.broker_kind == "amqp"
             else Queue(names.jobs)
         )
-        handler = _IngestHandler(self.app, settings, names)  # type: ignore[attr-defined]
+        handler = _IngestHandler(self._app, settings, names)
         return [
             Consumer(
                 channel,

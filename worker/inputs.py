@@ -155,7 +155,7 @@ def _expand_object(
         with storage.open_stream(uri) as stream:
             yield from iter_tar_items(stream, uri, max_bytes, labels_from_folders)
     else:
-        label = _folder_label(uri) if labels_from_folders else None
+        label = folder_label(uri) if labels_from_folders else None
         yield object_item(storage, uri, max_bytes, label)
 
 
@@ -170,12 +170,18 @@ def _folder_images(
         relative = PurePosixPath(info.uri[len(prefix) :])
         hidden = any(part.startswith(".") for part in relative.parts)
         if not hidden and relative.suffix.lower() in IMAGE_EXTENSIONS:
-            label = _folder_label(info.uri) if labels_from_folders else None
+            label = folder_label(info.uri) if labels_from_folders else None
             yield object_item(storage, info.uri, max_bytes, label)
 
 
-def _folder_label(uri: str) -> str | None:
-    """The lower-cased name of the folder holding ``uri``; None at the top of a bucket."""
+def folder_label(uri: str) -> str | None:
+    """The lower-cased name of the folder holding ``uri``; None at the top of a bucket.
+
+    For a tar member (``archive.tar#REAL/x.jpg``) it is the member's folder.
+    """
+    archive, hash_mark, member = uri.partition("#")
+    if hash_mark and archive.lower().endswith(TAR_SUFFIXES):
+        return _member_label(member)
     if uri.startswith(S3_SCHEME):
         folder = PurePosixPath(parse_s3_uri(uri)[1]).parent.name
     else:

@@ -31,7 +31,7 @@ from contracts import ImageResult
 from contracts._base import Label
 from worker.errors import SynthdetectError
 from worker.imaging import ImageLimits
-from worker.inputs import TAR_SUFFIXES, _folder_label, _member_label
+from worker.inputs import folder_label
 from worker.report import DEFAULT_MAX_THUMBNAILS, REPORT_CONTENT_TYPE, render_report
 from worker.storage import S3_SCHEME, Storage
 
@@ -216,18 +216,11 @@ def with_true_labels(
     for result in results:
         label = labels.get(_uri_key(result.uri)) if labels else None
         if label is None and from_folders:
-            label = _label_from_folder(result.uri)
+            label = folder_label(result.uri)
         if label is not None and label != result.true_label:
             result = result.model_copy(update={"true_label": label})
         joined.append(result)
     return joined
-
-
-def _label_from_folder(uri: str) -> str | None:
-    archive, hash_mark, member = uri.partition("#")
-    if hash_mark and archive.lower().endswith(TAR_SUFFIXES):
-        return _member_label(member)
-    return _folder_label(uri)
 
 
 # --- selecting -----------------------------------------------------------------------------

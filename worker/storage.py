@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -399,7 +399,10 @@ def _temporary_copy(path: Path, data: bytes) -> Iterator[str]:
     The copy is removed on exit unless it was renamed into place.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    temporary = str(path.parent / f".{path.name}.{secrets.token_hex(8)}")
+    # O_EXCL + mode 0666 (minus the umask): unlike mkstemp's 0600, results and reports
+    # end up as readable as any other file the user writes.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)

@@ -27,7 +27,7 @@ from worker.errors import JobRejected, StorageError
 from worker.inference.engine import InferenceEngine
 from worker.ingest import validate_job
 from worker.logs import get_logger
-from worker.metrics import DEAD_LETTERS, record_batch, serve
+from worker.metrics import record_batch, serve
 from worker.queues import TASK_ACCEPT, TASK_DELIVER, TASK_SHARD, QueueNames
 from worker.settings import Settings, get_settings
 from worker.storage import Storage
@@ -130,7 +130,6 @@ class JobTask(Task):  # type: ignore[misc]
         job_id = _job_id_from_args(args)
         try:
             dead_letter(runtime.dead_letters(), body, reason, str(queue).rsplit(".", 1)[-1], job_id)
-            DEAD_LETTERS.inc()
         except Exception:
             log.exception("dead_letter_failed", reason=reason, job_id=job_id)
 

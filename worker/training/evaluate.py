@@ -1,9 +1,8 @@
 """Metrics that go into model cards: accuracy, per-class accuracy, calibration.
 
 Expected calibration error (ECE) uses 15 equal-width confidence bins over the
-predicted label's probability, the usual definition (Guo et al., 2017).
-Temperature scaling fits one scalar T on held-back logits by minimising the
-negative log-likelihood; it changes confidences, never the predicted label.
+predicted label's probability, the usual definition (Guo et al., 2017). This
+module needs only numpy, so reports can use it without importing torch.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import torch
 
 from contracts import EvaluationMetrics
 
@@ -39,23 +37,6 @@ def expected_calibration_error(
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     return float(ece)
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises NLL on these logits (bounded to [0.05, 20])."""
-    z = torch.tensor(logits, dtype=torch.float64)
-    y = torch.tensor(labels, dtype=torch.long)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return float(np.clip(np.exp(log_t.item()), 0.05, 20.0))
 
 
 def evaluation_metrics(
