@@ -28,6 +28,7 @@ from worker.inputs import expand_paths
 from worker.logs import configure_logging
 from worker.pipeline import PipelineConfig, classify_items
 from worker.producer import parse_model_ref, queues, submit
+from worker.retrain_cli import models, train
 from worker.review_cli import review
 from worker.settings import Settings, get_settings
 from worker.storage import Storage
@@ -206,3 +207,9 @@ def _print_summary(console: Console, tally: ResultTally, elapsed: float) -> None
 
 
 main.add_command(review)
+main.add_command(train)
+main.add_command(models)
+
+
+if __name__ == "__main__":
+    main()

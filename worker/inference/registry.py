@@ -103,6 +103,44 @@ class ModelRegistry:
             content_type="application/json",
         )
 
+    def list_versions(self, name: str) -> list[str]:
+        """Every published version of ``name`` in any root, in numeric-then-text order."""
+        versions: set[str] = set()
+        for root in self.roots:
+            prefix = join_uri(root, name) + "/"
+            for info in self.storage.list_objects(prefix):
+                relative = info.uri[len(prefix) :].split("/")
+                if len(relative) == 2 and relative[1] == "card.json":
+                    versions.add(relative[0])
+        return sorted(versions, key=_version_order)
+
+    def next_version(self, name: str) -> str:
+        """One more than the highest numeric version of ``name`` (``1`` for a new model)."""
+        numeric = [int(v) for v in self.list_versions(name) if v.isdigit()]
+        return str(max(numeric, default=0) + 1)
+
+    def promote(self, model: ModelId, alias: str = PRODUCTION) -> AliasRecord:
+        """Point ``alias`` at ``model``; the version it left goes on the alias's history."""
+        self.read_card(model)  # refuses versions that do not exist
+        current = self.read_alias(model.name, alias)
+        history: tuple[str, ...] = ()
+        if current is not None and current.version != model.version:
+            history = (*current.history, current.version)
+        elif current is not None:
+            history = current.history
+        record = AliasRecord(version=model.version, history=history)
+        self.write_alias(model.name, record, alias)
+        return record
+
+    def rollback(self, name: str, alias: str = PRODUCTION) -> AliasRecord:
+        """Point ``alias`` back at the version it pointed at before the last promotion."""
+        current = self.read_alias(name, alias)
+        if current is None or not current.history:
+            raise ModelError(f"model {name!r}: the {alias!r} alias has no earlier version")
+        record = AliasRecord(version=current.history[-1], history=current.history[:-1])
+        self.write_alias(name, record, alias)
+        return record
+
     @staticmethod
     def version_uri(root: str, model: ModelId) -> str:
         return join_uri(root, model.name, model.version)
@@ -116,3 +154,7 @@ class ModelRegistry:
             if self.storage.exists(join_uri(root, name, version, "card.json")):
                 return root
         raise ModelError(f"model {name}@{version} is not in any registry root {self.roots}")
+
+
+def _version_order(version: str) -> tuple[int, int, str]:
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)

@@ -1,0 +1,96 @@
+"""What the hyper-parameter search chooses from: model families and their settings.
+
+A ``Candidate`` is everything one training run needs except the data and the
+time: family (a scratch ``SynthNet`` or an ImageNet ``EfficientNet-Lite0``),
+architecture, learning rate, regularisation and augmentation. The number of
+epochs is not a choice the user makes either: the search gives each run a
+slice of the budget and converts it into epochs from the family's measured
+training speed on this machine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from functools import cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.training.efficientnet_lite import START_POINT as IMAGENET_START
+from worker.training.efficientnet_lite import EfficientNetLite0
+from worker.training.loop import Normalisation, TrainConfig
+from worker.training.nets import SynthNet, SynthNetSpec
+
+IMAGENET_NORMALISATION = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+"""Used by every family, so the engine's preprocessing is the same whichever wins."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search space."""
+
+    family: str
+    config: TrainConfig
+    net: SynthNetSpec | None = None
+
+    @property
+    def start(self) -> str:
+        return IMAGENET_START if self.family == "lite0" else "scratch"
+
+    def describe(self) -> str:
+        arch = self.net.describe() if self.net is not None else "efficientnet-lite0(stem_stride=1)"
+        cfg = self.config
+        return f"{arch} lr={cfg.lr:g} wd={cfg.weight_decay:g} ls={cfg.label_smoothing:g}"
+
+    def build(self, num_classes: int) -> nn.Module:
+        """A fresh network (ImageNet weights loaded for the lite0 family)."""
+        if self.family == "lite0":
+            return EfficientNetLite0(num_classes, stem_stride=1).load_imagenet()
+        assert self.net is not None
+        return SynthNet(self.net, num_classes)
+
+    def with_epochs(self, epochs: float, seed: int) -> Candidate:
+        return replace(self, config=replace(self.config, epochs=epochs, seed=seed))
+
+
+def search_space(seed: int = 0) -> list[Candidate]:
+    """Candidates in order of prior merit (measured on CIFAKE subsets; see the README)."""
+    small = SynthNetSpec(widths=(16, 32, 64), blocks=(1, 1, 1), stem_stride=1)
+    wide = SynthNetSpec(widths=(32, 64, 128), blocks=(1, 1, 1), stem_stride=2)
+    lite = TrainConfig(lr=2e-3, batch_size=64, bf16=False, seed=seed)
+    scratch = TrainConfig(lr=2e-3, batch_size=64, bf16=False, seed=seed)
+    return [
+        Candidate("lite0", lite),
+        Candidate("lite0", replace(lite, lr=1e-3)),
+        Candidate("synthnet", scratch, small),
+        Candidate("synthnet", replace(scratch, lr=4e-3, label_smoothing=0.05), small),
+        Candidate("synthnet", replace(scratch, bf16=True), wide),
+    ]
+
+
+@cache
+def training_speed(family: str, spec: SynthNetSpec | None, batch_size: int, bf16: bool) -> float:
+    """Images per second one training step processes here (a short probe, cached per process)."""
+    candidate = Candidate(family, TrainConfig(batch_size=batch_size, bf16=bf16), spec)
+    net = candidate.build(2).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(np.arange(batch_size) % 2)
+    timings = []
+    for _ in range(4):
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(net(x).float(), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        timings.append(time.perf_counter() - started)
+    return batch_size / float(np.median(timings[1:]))
+
+
+def speed_of(candidate: Candidate) -> float:
+    cfg = candidate.config
+    return training_speed(candidate.family, candidate.net, cfg.batch_size, cfg.bf16)
