@@ -1,7 +1,8 @@
 """Shared building blocks of the wire format.
 
 Every contract model is strict: unknown fields and wrong types are rejected, and
-pydantic's error names the offending field (``inputs.uris.3``), which the worker
+pydantic's error names the offending field (``inputs.uris.uris.3``: the input
+kind, then the field and index), which the worker
 copies verbatim into the dead-letter reason.
 """
 

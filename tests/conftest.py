@@ -19,8 +19,14 @@ from scripts.dev_s3 import (
     SeaweedPorts,
     SeaweedServer,
 )
+from worker.logs import configure_logging
 from worker.settings import Settings
 from worker.storage import S3Store
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """JSON log lines without local-variable dumps: a failing batch logs one traceback, not pages."""
+    configure_logging(Settings(log_format="json", log_level="INFO"))
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +57,15 @@ def s3_bucket(s3_settings: Settings) -> Iterator[str]:
     client.create_bucket(Bucket=name)
     yield name
     client.delete_bucket(Bucket=name)  # SeaweedFS deletes non-empty buckets by default
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Run torch ops on one thread: for tiny test models, thread hand-offs cost more than
+    the maths (tens of ms per call when another process keeps the other cores busy)."""
+    import torch  # imported here: most tests never need torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,6 +10,11 @@ sends a message that keeps failing to the dead-letter queue.
 The pool is ``threads``: one process, one model, one dynamic batcher shared by
 every running task, so many small jobs fill one batch; and nothing ever forks
 after CUDA was initialised.
+
+The retrain queue is consumed only by workers started for it alone
+(``synthdetect worker -Q <prefix>-retrain``, concurrency 1): a worker that was
+given it together with other queues, or no ``-Q`` at all, leaves it out, so
+training never competes with inference for the same cores.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 from worker.ingest import PlainJsonIngest, TopologySetup
-from worker.logs import configure_logging
+from worker.logs import configure_logging, get_logger
 from worker.queues import (
     TASK_ACCEPT,
     TASK_DELIVER,
@@ -32,6 +37,8 @@ from worker.queues import (
     sqs_queue_urls,
 )
 from worker.settings import Settings, get_settings
+
+log = get_logger(__name__)
 
 
 class PriorityRouter:
@@ -84,7 +91,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         declared = {name: Queue(name) for name in names.task_queues}
         # SQS has no fanout without SNS: no remote control, events or mingle.
         config["worker_enable_remote_control"] = False
-    config["task_queues"] = [declared[n] for n in (names.classify, names.bulk, names.callbacks)]
+    # The retrain queue is listed so that `-Q <prefix>-retrain` finds its declaration;
+    # `keep_retrain_apart` stops other workers from consuming it.
+    config["task_queues"] = [declared[n] for n in names.task_queues]
     config["task_routes"] = [
         PriorityRouter(names, declared),
         {
@@ -136,6 +145,31 @@ def create_app(settings: Settings) -> Celery:
     celery.steps["consumer"].add(TopologySetup)
     celery.steps["consumer"].add(PlainJsonIngest)
     return celery
+
+
+def keep_retrain_apart(queues: Any, settings: Settings) -> bool:
+    """Deselect the retrain queue from a worker that consumes other queues too.
+
+    ``queues`` is Celery's ``app.amqp.queues`` after ``-Q`` was applied; returns
+    True when the retrain queue was taken out.
+    """
+    retrain = QueueNames.from_settings(settings).retrain
+    consumed = set(queues.consume_from)
+    if retrain not in consumed or consumed == {retrain}:
+        return False
+    queues.deselect([retrain])
+    return True
+
+
+@signals.celeryd_after_setup.connect(weak=False)
+def _retrain_apart(instance: Any, **_: Any) -> None:
+    settings = get_settings()
+    if keep_retrain_apart(instance.app.amqp.queues, settings):
+        log.warning(
+            "retrain_queue_skipped",
+            reason="the retrain queue is consumed only by a worker started for it alone",
+            start_with=f"synthdetect worker -Q {QueueNames.from_settings(settings).retrain}",
+        )
 
 
 @signals.setup_logging.connect(weak=False)

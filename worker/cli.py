@@ -29,6 +29,7 @@ from worker.logs import configure_logging
 from worker.pipeline import PipelineConfig, classify_items
 from worker.producer import parse_model_ref, queues, submit
 from worker.retrain_cli import models, train
+from worker.retrain_producer import submit_retrain_command
 from worker.review_cli import review
 from worker.settings import Settings, get_settings
 from worker.storage import Storage
@@ -42,6 +43,7 @@ def main() -> None:
 
 
 main.add_command(submit)
+main.add_command(submit_retrain_command)
 main.add_command(queues)
 
 
@@ -58,23 +60,30 @@ main.add_command(queues)
     "-c",
     type=click.IntRange(1, 512),
     default=None,
-    help="Tasks run at once (default: SYNTHDETECT_WORKER_CONCURRENCY).",
+    help=(
+        "Tasks run at once (default: SYNTHDETECT_WORKER_CONCURRENCY; 1 for a retrain worker, "
+        "whose one retrain uses every core through torch's threads)."
+    ),
 )
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(queue_names: str | None, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
     """Run a queue worker (threads pool: one model shared by all running tasks).
 
-    Extra arguments go to ``celery worker`` unchanged, e.g. ``--hostname``.
+    ``-Q <prefix>-retrain`` starts a retrain worker: it consumes that queue alone
+    (the retrain queue is never consumed together with others). Extra arguments
+    go to ``celery worker`` unchanged, e.g. ``--hostname``.
     """
     from worker.app import app  # imported here: the embedded mode never needs Celery
     from worker.queues import QueueNames
 
     settings = get_settings()
     names = QueueNames.from_settings(settings)
+    if concurrency is None:
+        concurrency = 1 if queue_names == names.retrain else settings.worker_concurrency
     argv = [
         "worker",
         "--pool=threads",
-        f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--concurrency={concurrency}",
         f"--queues={queue_names or ','.join((names.classify, names.bulk, names.callbacks))}",
         f"--loglevel={settings.log_level}",
         "--without-mingle",

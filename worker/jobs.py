@@ -22,23 +22,16 @@ from datetime import UTC, datetime
 import httpx
 
 from contracts import ClassifyJob, ClassifyShard, ImageResult
-from worker.delivery import (
-    DeliveryRecord,
-    Resolver,
-    RetryPolicy,
-    callback_body,
-    deliver_attempt,
-    system_resolver,
-)
+from worker.callbacks import CallbackTarget, attempt_delivery, delivery_pending
+from worker.delivery import DeliveryRecord, Resolver, callback_body, system_resolver
 from worker.errors import JobRejected, ModelError
 from worker.imaging import ImageLimits
 from worker.inference.engine import InferenceEngine
 from worker.inputs import InputItem, iter_tar_items, object_item
 from worker.logs import get_logger
-from worker.metrics import CALLBACK_ATTEMPTS, IMAGES, JOBS
+from worker.metrics import IMAGES, JOBS
 from worker.pipeline import PipelineConfig, classify_items
 from worker.results import (
-    JSON,
     JobLayout,
     JobRecord,
     claim_finalize,
@@ -178,18 +171,17 @@ def _finalize_if_last(shard: ClassifyShard, layout: JobLayout, services: JobServ
     _ensure_delivery(record, layout, services)
 
 
-def _ensure_delivery(record: JobRecord, layout: JobLayout, services: JobServices) -> None:
-    if record.job.callback is None:
-        return
-    delivery = _read_delivery(services.storage, layout)
-    if delivery is None or not delivery.finished:
-        services.enqueue_delivery(record.job.job_id, record.job.output.uri, 0.0)
-
-
-def _read_delivery(storage: Storage, layout: JobLayout) -> DeliveryRecord | None:
-    if not storage.exists(layout.delivery):
+def _callback_target(record: JobRecord, layout: JobLayout) -> CallbackTarget | None:
+    job = record.job
+    if job.callback is None:
         return None
-    return DeliveryRecord.model_validate_json(storage.get_bytes(layout.delivery))
+    return CallbackTarget(job.job_id, job.callback, layout.delivery)
+
+
+def _ensure_delivery(record: JobRecord, layout: JobLayout, services: JobServices) -> None:
+    target = _callback_target(record, layout)
+    if target is not None and delivery_pending(services.storage, target):
+        services.enqueue_delivery(record.job.job_id, record.job.output.uri, 0.0)
 
 
 def deliver(
@@ -207,44 +199,23 @@ def deliver(
     layout = JobLayout.of(output_uri, job_id)
     record = read_job_record(storage, layout)
     summary = read_summary(storage, layout)
-    if record is None or summary is None or record.job.callback is None:
+    target = None if record is None else _callback_target(record, layout)
+    if record is None or summary is None or target is None:
         log.warning("nothing_to_deliver", has_record=record is not None, has_summary=bool(summary))
         return None
-    callback = record.job.callback
-    delivery = _read_delivery(storage, layout) or DeliveryRecord(
-        job_id=job_id, url=str(callback.url)
-    )
-    if delivery.finished:
-        return delivery
-    secret = settings.webhook_secret_for(callback.secret_ref)
-    if secret is None:
-        raise JobRejected(f"callback secret_ref {callback.secret_ref!r} is not configured")
-    inline_limit = settings.callback_inline_max_bytes
-    small = summary.counts.total * _MIN_RESULT_BYTES <= inline_limit
-    results = read_results(storage, layout, record.shards) if small else None
-    attempt = deliver_attempt(
+
+    def body() -> bytes:
+        inline_limit = settings.callback_inline_max_bytes
+        small = summary.counts.total * _MIN_RESULT_BYTES <= inline_limit
+        results = read_results(storage, layout, record.shards) if small else None
+        return callback_body(summary, results, inline_limit)
+
+    return attempt_delivery(
+        target,
+        body,
+        settings,
+        storage,
         client,
-        str(callback.url),
-        job_id,
-        callback_body(summary, results, inline_limit),
-        secret.get_secret_value(),
-        len(delivery.attempts) + 1,
-        RetryPolicy.from_settings(settings),
-        settings.callback_allowlist,
+        lambda delay_s: services.enqueue_delivery(job_id, output_uri, delay_s),
         resolve,
     )
-    delivery.attempts.append(attempt)
-    delivery.state = "pending" if attempt.outcome == "retry" else attempt.outcome
-    storage.put_bytes(layout.delivery, delivery.model_dump_json(indent=1).encode(), JSON)
-    CALLBACK_ATTEMPTS.labels(attempt.outcome).inc()
-    log.info(
-        "callback_attempt",
-        attempt=attempt.attempt,
-        outcome=attempt.outcome,
-        status_code=attempt.status_code,
-        error=attempt.error,
-        next_delay_s=attempt.next_delay_s,
-    )
-    if attempt.outcome == "retry" and attempt.next_delay_s is not None:
-        services.enqueue_delivery(job_id, output_uri, attempt.next_delay_s)
-    return delivery

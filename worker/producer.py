@@ -4,7 +4,7 @@
 by construction. It sends the job as a Celery task message to the queue of the
 job's priority, over the broker in ``SYNTHDETECT_BROKER_URL``. Producers in
 other languages publish the same JSON to ``<prefix>-jobs`` instead (README,
-"Sending jobs").
+"Sending jobs"). Retrain jobs: ``worker.retrain_producer``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
     <prefix>-classify   interactive ClassifyJobs and their shards (low latency)
     <prefix>-bulk       bulk ClassifyJobs and their shards
     <prefix>-callbacks  webhook deliveries (so a slow receiver never delays scoring)
-    <prefix>-retrain    retrain jobs (declared and routed; consumed by training workers)
+    <prefix>-retrain    retrain jobs (consumed only by workers started for it: -Q <prefix>-retrain)
     <prefix>-jobs       plain JSON ClassifyJob bodies from producers that do not speak Celery
     <prefix>-dead       dead letters: invalid messages with a reason, and poison messages
 
@@ -14,6 +14,12 @@ dead-letter exchange, so a message that keeps killing its worker ends in
 ``<prefix>-dead`` instead of looping. Task queues hang off one topic exchange,
 which Celery's native delayed delivery needs (it routes delayed messages by
 topic pattern). On SQS each queue has a redrive policy to ``<prefix>-dead``.
+
+A retrain holds its message for as long as it trains, far beyond the 30 minutes
+RabbitMQ allows an unacknowledged delivery by default: retrain consumers ask for
+``retrain_timeout_s`` (the ``x-consumer-timeout`` consumer argument: a consumer
+argument, so the queue's declaration never changes), and the SQS retrain queue
+gets that visibility timeout.
 """
 
 from __future__ import annotations
@@ -103,6 +109,11 @@ def amqp_queues(settings: Settings) -> dict[str, Queue]:
             routing_key=name,
             durable=True,
             queue_arguments=_quorum_arguments(settings),
+            consumer_arguments=(
+                {"x-consumer-timeout": settings.retrain_timeout_s * 1000}
+                if name == names.retrain
+                else None
+            ),
         )
         for name in names.task_queues
     }
@@ -141,8 +152,9 @@ def setup_sqs_queues(settings: Settings, client: Any | None = None) -> dict[str,
     """Create the queues if missing (dead-letter queue first); returns URLs by name.
 
     Work queues get ``RedrivePolicy`` (``maxReceiveCount = max_redeliveries + 1``)
-    and the configured visibility timeout. CreateQueue is idempotent for equal
-    attributes, so running this against existing queues is harmless.
+    and the configured visibility timeout (the retrain queue: at least
+    ``retrain_timeout_s``). CreateQueue is idempotent for equal attributes, so
+    running this against existing queues is harmless.
     """
     client = client or sqs_client(settings)
     names = QueueNames.from_settings(settings)
@@ -154,12 +166,12 @@ def setup_sqs_queues(settings: Settings, client: Any | None = None) -> dict[str,
         {"deadLetterTargetArn": dead_arn, "maxReceiveCount": str(settings.max_redeliveries + 1)}
     )
     for name in names.work_queues:
+        visibility = settings.sqs_visibility_timeout_s
+        if name == names.retrain:
+            visibility = max(visibility, settings.retrain_timeout_s)
         urls[name] = client.create_queue(
             QueueName=name,
-            Attributes={
-                "VisibilityTimeout": str(settings.sqs_visibility_timeout_s),
-                "RedrivePolicy": redrive,
-            },
+            Attributes={"VisibilityTimeout": str(visibility), "RedrivePolicy": redrive},
         )["QueueUrl"]
     return urls
 

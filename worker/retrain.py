@@ -58,6 +58,8 @@ log = get_logger(__name__)
 INPUT_SIZE = (32, 32)
 EXPORT_RESERVE_S = 3.0
 """Seconds kept back from the budget for export, publication and the report."""
+_ROUNDING = 1e-9
+"""Accuracies are fractions k/n; e.g. 0.8 - 0.1 is 0.7000000000000001 in floats."""
 
 
 @dataclass(frozen=True)
@@ -233,11 +235,11 @@ def _gate(
 ) -> tuple[bool, str, float | None]:
     """Promote, or keep as a candidate, and say why (production scored on the same images)."""
     if policy.mode == "never":
-        return False, "kept as a candidate: the promotion policy is 'never'", None
+        return (*promotion_decision(metrics.accuracy, None, policy), None)
     try:
         production = registry.resolve(ModelRef(name=candidate.name))
     except ModelError:
-        return True, "promoted: there was no production version yet", None
+        return (*promotion_decision(metrics.accuracy, None, policy), None)
     card, data = registry.read_model(production)
     if card.labels != holdout.label_names or card.preprocessing.input_size != INPUT_SIZE:
         return (
@@ -257,15 +259,39 @@ def _gate(
         [model.predict_proba(holdout.images[i : i + 512]) for i in range(0, len(holdout), 512)]
     )
     production_accuracy = float((probs.argmax(1) == holdout.labels).mean())
+    promoted, reason = promotion_decision(
+        metrics.accuracy, production_accuracy, policy, production_version=production.version
+    )
+    return promoted, reason, production_accuracy
+
+
+def promotion_decision(
+    candidate_accuracy: float,
+    production_accuracy: float | None,
+    policy: PromotionPolicy,
+    production_version: str | None = None,
+) -> tuple[bool, str]:
+    """Whether a candidate takes the ``production`` alias, and a sentence saying why.
+
+    ``production_accuracy`` is production's accuracy on the candidate's held-out
+    images, or None when there is no production version to compare with. The
+    reason names both accuracies and the margin whenever there was a comparison.
+    Accuracies that differ by float rounding only count as equal.
+    """
+    if policy.mode == "never":
+        return False, "kept as a candidate: the promotion policy is 'never'"
+    if production_accuracy is None:
+        return True, "promoted: there was no production version yet"
+    production = f"production {production_version}" if production_version else "production"
     comparison = (
-        f"held-out accuracy {metrics.accuracy:.4f} vs production "
-        f"{production.version} {production_accuracy:.4f} (margin {policy.margin})"
+        f"held-out accuracy {candidate_accuracy:.4f} vs {production} "
+        f"{production_accuracy:.4f} (margin {policy.margin})"
     )
     if policy.mode == "always":
-        return True, f"promoted by policy 'always': {comparison}", production_accuracy
-    if metrics.accuracy >= production_accuracy - policy.margin:
-        return True, f"promoted: {comparison}", production_accuracy
-    return False, f"kept as a candidate, worse than production: {comparison}", production_accuracy
+        return True, f"promoted by policy 'always': {comparison}"
+    if candidate_accuracy + _ROUNDING >= production_accuracy - policy.margin:
+        return True, f"promoted: {comparison}"
+    return False, f"kept as a candidate, worse than production: {comparison}"
 
 
 def _oof_results(

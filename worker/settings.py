@@ -171,6 +171,19 @@ class Settings(BaseSettings):
         description="Serve Prometheus metrics on this port of the worker; 0 = off.",
     )
 
+    retrain_timeout_s: int = Field(
+        default=6 * 3600,
+        ge=1200,
+        le=43_200,
+        description=(
+            "Longest a retrain job may hold its queue message. Retrain consumers ask RabbitMQ "
+            "for this consumer timeout (x-consumer-timeout, honoured from RabbitMQ 3.12; older "
+            "brokers need consumer_timeout >= this in rabbitmq.conf); the SQS retrain queue is "
+            "created with it as visibility timeout. Retrain jobs whose time budget does not fit "
+            "(10 minutes are kept for evaluation and publishing) are dead-lettered."
+        ),
+    )
+
     # --- queue worker: Amazon SQS ---------------------------------------------------
     sqs_region: str = Field(default="us-east-1", description="Region of the SQS queues.")
     sqs_endpoint_url: str | None = Field(

@@ -1,4 +1,4 @@
-"""Celery tasks: parse the message, call ``worker.jobs``, report. Nothing else lives here.
+"""Celery tasks: parse the message, call ``worker.jobs`` / ``worker.retrain_jobs``. Nothing else.
 
 Every task shares one ``_Runtime`` per process: settings, storage, the
 inference engine (created on first use, so CUDA starts in the process that
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from functools import partial
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ import structlog
 from celery import Task, signals
 
 from contracts import ClassifyShard
-from worker import jobs
+from worker import jobs, retrain_jobs
 from worker.app import app
 from worker.deadletter import DeadLetterSink, dead_letter, dead_letter_sink
 from worker.delivery import http_client
@@ -28,7 +29,7 @@ from worker.inference.engine import InferenceEngine
 from worker.ingest import validate_job
 from worker.logs import get_logger
 from worker.metrics import record_batch, serve
-from worker.queues import TASK_ACCEPT, TASK_DELIVER, TASK_SHARD, QueueNames
+from worker.queues import TASK_ACCEPT, TASK_DELIVER, TASK_RETRAIN, TASK_SHARD, QueueNames
 from worker.settings import Settings, get_settings
 from worker.storage import Storage
 
@@ -79,6 +80,13 @@ class _Runtime:
             enqueue_delivery=self.enqueue_delivery,
         )
 
+    def retrain_services(self) -> retrain_jobs.RetrainServices:
+        return retrain_jobs.RetrainServices(
+            settings=self.settings,
+            storage=self.storage,
+            enqueue_delivery=partial(self.enqueue_delivery, kind="retrain"),
+        )
+
     def enqueue_shard(self, shard: ClassifyShard) -> None:
         app.send_task(
             TASK_SHARD,
@@ -86,8 +94,13 @@ class _Runtime:
             queue=self.names.for_priority(shard.priority),
         )
 
-    def enqueue_delivery(self, job_id: str, output_uri: str, delay_s: float) -> None:
+    def enqueue_delivery(
+        self, job_id: str, location: str, delay_s: float, kind: str = "classify"
+    ) -> None:
         """Queue a callback attempt; a delay is kept by the broker, not by a worker thread.
+
+        ``location`` is where the job's records are: a classify job's output URI,
+        a retrain job's jobs root (so any worker can deliver, whatever its registry).
 
         RabbitMQ: Celery's native delayed delivery (quorum queues). SQS: the
         message's DelaySeconds (at most 900 s; longer delays fall back to an ETA
@@ -100,7 +113,9 @@ class _Runtime:
                 options["delay_seconds"] = seconds
             else:
                 options["countdown"] = seconds
-        app.send_task(TASK_DELIVER, args=[job_id, output_uri], **options)
+        if kind != "classify":
+            options["kwargs"] = {"kind": kind}
+        app.send_task(TASK_DELIVER, args=[job_id, location], **options)
 
     def close(self) -> None:
         if self._engine is not None:
@@ -158,11 +173,24 @@ def classify_shard(shard: dict[str, Any]) -> None:
         jobs.run_shard(parsed, runtime.services())
 
 
+@app.task(name=TASK_RETRAIN, base=JobTask)
+def retrain(job: dict[str, Any]) -> None:
+    """A RetrainJob; only workers started for the retrain queue receive it."""
+    parsed = retrain_jobs.parse_retrain_job(job)
+    with structlog.contextvars.bound_contextvars(job_id=parsed.job_id, model=parsed.model):
+        retrain_jobs.run_retrain_job(parsed, runtime.retrain_services())
+
+
 @app.task(name=TASK_DELIVER, base=JobTask)
-def deliver_callback(job_id: str, output_uri: str) -> None:
-    """One webhook attempt for a finished job."""
+def deliver_callback(job_id: str, location: str, kind: str = "classify") -> None:
+    """One webhook attempt for a finished classify (or retrain) job."""
     with structlog.contextvars.bound_contextvars(job_id=job_id):
-        jobs.deliver(job_id, output_uri, runtime.services(), runtime.client())
+        if kind == "retrain":
+            retrain_jobs.deliver(job_id, location, runtime.retrain_services(), runtime.client())
+        elif kind == "classify":
+            jobs.deliver(job_id, location, runtime.services(), runtime.client())
+        else:
+            raise JobRejected(f"unknown callback kind {kind!r}")
 
 
 @signals.worker_ready.connect(weak=False)

@@ -30,7 +30,9 @@ def _tiny_net_and_bytes() -> tuple[SynthNet, bytes]:
     return net, export_torchscript(net, TINY_INPUT_SIZE)
 
 
-def tiny_model(name: str = "tiny", version: str = "1", temperature: float = 1.0) -> tuple[ModelCard, bytes]:
+def tiny_model(
+    name: str = "tiny", version: str = "1", temperature: float = 1.0
+) -> tuple[ModelCard, bytes]:
     """Card and TorchScript bytes of the tiny model (the same bytes for every version)."""
     net, model_bytes = _tiny_net_and_bytes()
     card = build_card(

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from worker.inference.batcher import BatchEvent, BatcherClosed, BatchFailed, DynamicBatcher
+from worker.inference.batcher import BatcherClosed, BatchEvent, BatchFailed, DynamicBatcher
 
 WAIT_S = 10.0
 """Generous upper bound for anything that should happen at once (never hit when green)."""
@@ -192,6 +192,38 @@ def test_a_full_queue_blocks_submitters_until_the_model_catches_up() -> None:
     assert not submitter.is_alive()
     assert [f.result(WAIT_S) for f in [first, *queued, *late]] == [(0, n, 2 * n) for n in range(4)]
     batcher.close()
+
+
+def test_a_cancelled_item_is_not_run_and_the_batcher_keeps_working() -> None:
+    gate = threading.Event()
+    running = threading.Event()
+    recorder = Recorder()
+
+    def blocked(items: list[Item]) -> list[Result]:
+        running.set()
+        assert gate.wait(WAIT_S)
+        return recorder(items)
+
+    with DynamicBatcher(blocked, max_batch=1, max_wait_ms=0) as batcher:
+        try:
+            first = batcher.submit((0, 0))
+            assert running.wait(WAIT_S)
+            abandoned = batcher.submit((0, 1))
+            assert abandoned.cancel()  # still queued: the caller gave up on it
+        finally:
+            gate.set()
+        assert first.result(WAIT_S) == (0, 0, 0)
+        assert batcher.submit((0, 2)).result(WAIT_S) == (0, 2, 4)
+    assert recorder.batches == [[(0, 0)], [(0, 2)]]
+
+
+def test_a_failing_on_batch_hook_does_not_stop_the_batcher() -> None:
+    def broken_hook(event: BatchEvent) -> None:
+        raise RuntimeError("metrics backend down")
+
+    with DynamicBatcher(doubled, max_batch=1, max_wait_ms=0, on_batch=broken_hook) as batcher:
+        assert batcher.submit((0, 1)).result(WAIT_S) == (0, 1, 2)
+        assert batcher.submit((0, 2)).result(WAIT_S) == (0, 2, 4)
 
 
 def test_max_batch_must_be_positive() -> None:

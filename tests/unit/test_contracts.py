@@ -1,4 +1,4 @@
-"""The wire format: checked-in schemas and examples, round trips, and rejections that name the field.
+"""The wire format: checked-in schemas and examples, round trips, rejections naming the field.
 
 Example messages live in ``contracts/examples/<schema name>[-<variant>].json``; the
 longest published schema name that prefixes a file's name says which contract it is.
@@ -54,9 +54,13 @@ def test_schema_files_on_disk_match_the_models() -> None:
     expected = expected_files()
     on_disk = {path: path.read_text() for path in SCHEMA_DIR.glob("*.schema.json")}
     stale = sorted(
-        path.name for path in expected.keys() | on_disk.keys() if expected.get(path) != on_disk.get(path)
+        path.name
+        for path in expected.keys() | on_disk.keys()
+        if expected.get(path) != on_disk.get(path)
     )
-    assert not stale, f"JSON Schemas drifted from contracts ({', '.join(stale)}); run `{REGENERATE}`"
+    assert not stale, (
+        f"JSON Schemas drifted from contracts ({', '.join(stale)}); run `{REGENERATE}`"
+    )
 
 
 def test_every_published_schema_has_an_example() -> None:

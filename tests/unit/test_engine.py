@@ -4,6 +4,7 @@ alias following, mixed-model batches, and the engine end to end with a tiny real
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from worker.settings import BUNDLED_MODELS, Settings
 from worker.storage import Storage
 
 CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -232,6 +235,19 @@ def test_provider_refuses_a_tampered_file(registry: ModelRegistry, tmp_path: Pat
 # --- batches and the engine ------------------------------------------------------------
 
 
+def recording_calls(
+    model: LoadedModel, sizes: list[int]
+) -> Callable[[np.ndarray], list[Prediction]]:
+    """``model.predict`` that also appends each batch's size to ``sizes``."""
+    predict = model.predict
+
+    def recorded(batch: np.ndarray) -> list[Prediction]:
+        sizes.append(len(batch))
+        return predict(batch)
+
+    return recorded
+
+
 def test_a_mixed_batch_runs_once_per_model_and_keeps_request_order(
     registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -240,13 +256,7 @@ def test_a_mixed_batch_runs_once_per_model_and_keeps_request_order(
     two = provider.get(ModelRef(name="tiny", version="2"))
     calls: dict[str, list[int]] = {"1": [], "2": []}
     for loaded in (one, two):
-        original = loaded.predict
-
-        def counting(batch: np.ndarray, model: LoadedModel = loaded, run=original) -> list:
-            calls[model.id.version].append(len(batch))
-            return run(batch)
-
-        monkeypatch.setattr(loaded, "predict", counting)
+        monkeypatch.setattr(loaded, "predict", recording_calls(loaded, calls[loaded.id.version]))
     pixels = images(5)
     owners = [one, two, one, one, two]
     results = score_requests([ScoringRequest(p, m) for p, m in zip(pixels, owners, strict=True)])

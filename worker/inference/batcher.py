@@ -165,6 +165,9 @@ class DynamicBatcher(Generic[T, R]):
                     batch.clear()
 
     def _run(self, batch: list[tuple[T, Future[R], float]]) -> None:
+        # Items whose caller cancelled the future are skipped; the rest can no longer be
+        # cancelled, so setting their results below cannot raise InvalidStateError.
+        batch = [entry for entry in batch if entry[1].set_running_or_notify_cancel()]
         if not batch:
             return
         started = time.monotonic()
@@ -197,4 +200,8 @@ class DynamicBatcher(Generic[T, R]):
             run_ms=round(run_s * 1e3, 2),
         )
         if self._on_batch is not None:
-            self._on_batch(BatchEvent(len(items), oldest_wait, run_s, failed))
+            try:
+                self._on_batch(BatchEvent(len(items), oldest_wait, run_s, failed))
+            except Exception:
+                # A broken hook (metrics) must not stop inference for the whole process.
+                log.exception("on_batch_hook_failed")

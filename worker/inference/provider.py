@@ -5,6 +5,12 @@ carries that ``LoadedModel`` through the batcher. A model is therefore swapped
 between images, never inside one: an image preprocessed for version 3 is scored
 by version 3 even if the alias moves to 4 meanwhile, and a new version serves
 traffic only after it loaded, verified and warmed up completely.
+
+A version the alias moved to but that fails to load (checksum mismatch, a file
+that is not TorchScript, files that cannot be read) never takes traffic: images
+for the alias keep going to the version that served it before, the failure is
+logged, and the load is tried again after ``load_retry_s``. A pinned version
+that fails to load fails its own job, as it has nothing to fall back to.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections import OrderedDict
 import torch
 
 from contracts import ModelId, ModelRef
+from worker.errors import ModelError, StorageError, SynthdetectError
 from worker.inference.model import LoadedModel, load_model
 from worker.inference.registry import ModelRegistry
 from worker.logs import get_logger
@@ -34,23 +41,50 @@ class ModelProvider:
         autocast_dtype: torch.dtype | None = None,
         alias_ttl_s: float = 5.0,
         max_loaded: int = 4,
+        load_retry_s: float = 30.0,
     ) -> None:
         self.registry = registry
         self.device = device
         self._autocast_dtype = autocast_dtype
         self._alias_ttl_s = alias_ttl_s
         self._max_loaded = max_loaded
+        self._load_retry_s = load_retry_s
         self._loaded: OrderedDict[ModelId, LoadedModel] = OrderedDict()
         self._aliases: dict[str, tuple[ModelId, float]] = {}
+        self._serving: dict[str, ModelId] = {}
+        """The last alias target that loaded, by model name: the fallback."""
+        self._failed: dict[ModelId, tuple[float, SynthdetectError]] = {}
+        """Versions whose last load failed, when, and why (not retried before load_retry_s)."""
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
 
     def get(self, ref: ModelRef) -> LoadedModel:
-        """The model that should score the next image for ``ref``."""
-        return self._get_loaded(self.resolve(ref))
+        """The model that should score the next image for ``ref``.
+
+        Raises ``ModelError`` when a pinned version, or an alias that never had
+        a loadable target in this process, cannot be loaded.
+        """
+        if ref.version is not None:
+            return self._get_loaded(ModelId(name=ref.name, version=ref.version))
+        target = self.resolve(ref)
+        try:
+            loaded = self._get_loaded(target)
+        except (ModelError, StorageError):
+            with self._lock:
+                fallback = self._serving.get(ref.name)
+            if fallback is None or fallback == target:
+                raise
+            return self._get_loaded(fallback)
+        with self._lock:
+            self._serving[ref.name] = target
+        return loaded
 
     def resolve(self, ref: ModelRef) -> ModelId:
-        """A pinned version as is; an alias from cache if younger than the TTL."""
+        """A pinned version as is; an alias from cache if younger than the TTL.
+
+        When the alias cannot be read (storage trouble) the cached target stays
+        in use for another TTL, so a registry hiccup never fails images.
+        """
         if ref.version is not None:
             return ModelId(name=ref.name, version=ref.version)
         now = time.monotonic()
@@ -58,7 +92,15 @@ class ModelProvider:
             cached = self._aliases.get(ref.name)
         if cached is not None and now - cached[1] < self._alias_ttl_s:
             return cached[0]
-        resolved = self.registry.resolve(ref)
+        try:
+            resolved = self.registry.resolve(ref)
+        except (ModelError, StorageError) as exc:
+            if cached is None:
+                raise
+            log.warning(
+                "model_alias_unreadable", model=ref.name, serving=cached[0].version, error=str(exc)
+            )
+            resolved = cached[0]
         with self._lock:
             previous = self._aliases.get(ref.name)
             self._aliases[ref.name] = (resolved, now)
@@ -79,16 +121,7 @@ class ModelProvider:
             with self._lock:
                 loaded = self._loaded.get(model_id)
             if loaded is None:
-                started = time.monotonic()
-                card, data = self.registry.read_model(model_id)
-                loaded = load_model(card, data, self.device, self._autocast_dtype)
-                log.info(
-                    "model_loaded",
-                    model=model_id.name,
-                    version=model_id.version,
-                    device=str(self.device),
-                    load_ms=round((time.monotonic() - started) * 1e3),
-                )
+                loaded = self._load(model_id)
             with self._lock:
                 self._loaded[model_id] = loaded
                 self._loaded.move_to_end(model_id)
@@ -96,3 +129,32 @@ class ModelProvider:
                     # Images in flight keep their own reference; eviction only drops ours.
                     self._loaded.popitem(last=False)
             return loaded
+
+    def _load(self, model_id: ModelId) -> LoadedModel:
+        """Read, verify and warm up one version (caller holds ``_load_lock``)."""
+        now = time.monotonic()
+        failed = self._failed.get(model_id)
+        if failed is not None and now - failed[0] < self._load_retry_s:
+            raise failed[1]
+        try:
+            card, data = self.registry.read_model(model_id)
+            loaded = load_model(card, data, self.device, self._autocast_dtype)
+        except (ModelError, StorageError) as exc:
+            self._failed[model_id] = (now, exc)
+            log.error(
+                "model_load_failed",
+                model=model_id.name,
+                version=model_id.version,
+                error=str(exc),
+                retry_in_s=self._load_retry_s,
+            )
+            raise
+        self._failed.pop(model_id, None)
+        log.info(
+            "model_loaded",
+            model=model_id.name,
+            version=model_id.version,
+            device=str(self.device),
+            load_ms=round((time.monotonic() - now) * 1e3),
+        )
+        return loaded

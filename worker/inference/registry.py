@@ -54,7 +54,10 @@ class ModelRegistry:
             return ModelId(name=ref.name, version=ref.version)
         record = self.read_alias(ref.name, alias)
         if record is None:
-            raise ModelError(f"model {ref.name!r} has no {alias!r} alias in {self.roots}")
+            known = ", ".join(self.known_models()) or "none"
+            raise ModelError(
+                f"unknown model {ref.name!r}: no {alias!r} alias for it (known models: {known})"
+            )
         return ModelId(name=ref.name, version=record.version)
 
     def read_alias(self, name: str, alias: str = PRODUCTION) -> AliasRecord | None:
@@ -102,6 +105,17 @@ class ModelRegistry:
             json.dumps(body, indent=2).encode(),
             content_type="application/json",
         )
+
+    def known_models(self) -> list[str]:
+        """Names that have a ``production`` alias in some root."""
+        names: set[str] = set()
+        suffix = f"/aliases/{PRODUCTION}.json"
+        for root in self.roots:
+            prefix = root.rstrip("/") + "/"
+            for info in self.storage.list_objects(prefix):
+                if info.uri.endswith(suffix) and info.uri.count("/") - prefix.count("/") == 2:
+                    names.add(info.uri[len(prefix) :].split("/")[0])
+        return sorted(names)
 
     def list_versions(self, name: str) -> list[str]:
         """Every published version of ``name`` in any root, in numeric-then-text order."""
