@@ -2,8 +2,8 @@
 
 Every contract model is strict: unknown fields and wrong types are rejected, and
 pydantic's error names the offending field (``inputs.uris.uris.3``: the input
-kind, then the field and index), which the worker
-copies verbatim into the dead-letter reason.
+kind, then the field and index), which the worker copies verbatim into the
+dead-letter reason.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from worker.storage import S3Store
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """JSON log lines without local-variable dumps: a failing batch logs one traceback, not pages."""
+    """JSON log lines without local-variable dumps: one traceback per failure, not pages."""
     configure_logging(Settings(log_format="json", log_level="INFO"))
 
 
