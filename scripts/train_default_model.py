@@ -44,6 +44,7 @@ from worker.training.loop import (
     Normalisation,
     TrainConfig,
     predict_logits,
+    teacher_views,
     train_classifier,
 )
 from worker.training.nets import SynthNet, SynthNetSpec
@@ -86,10 +87,10 @@ def main() -> None:
     )
     parser.add_argument("--teacher-epochs", type=float, default=8)
     parser.add_argument("--teacher-cache", type=Path, default=Path(".cache/teacher-lite0.pt"))
-    parser.add_argument("--student", default="32,64,128", help="SynthNet stage widths")
+    parser.add_argument("--student", default="32,64,128,256", help="SynthNet stage widths")
     parser.add_argument("--student-stem-stride", type=int, default=2)
-    parser.add_argument("--student-epochs", type=float, default=40)
-    parser.add_argument("--distill-alpha", type=float, default=0.7)
+    parser.add_argument("--student-epochs", type=float, default=60)
+    parser.add_argument("--distill-alpha", type=float, default=0.8)
     parser.add_argument("--flip-tta", action="store_true", help="export mirrored-view averaging")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--registry", default=str(BUNDLED_MODELS))
@@ -137,13 +138,14 @@ def main() -> None:
         distill_alpha=args.distill_alpha,
     )
     student_started = time.monotonic()
+    soft_targets = teacher_views(teacher, fit.images, IMAGENET)
     train_classifier(
         student,
         fit.images,
         fit.labels,
         IMAGENET,
         student_cfg,
-        teacher=teacher,
+        teacher_logits=soft_targets,
         on_epoch=log_epoch("student"),
     )
     student_s = time.monotonic() - student_started

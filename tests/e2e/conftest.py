@@ -165,6 +165,8 @@ def worker_environment(settings: Settings) -> dict[str, str]:
         "WEBHOOK_SECRET": SECRET,
         "CALLBACK_ALLOWLIST": '["127.0.0.1"]',
         "CALLBACK_BACKOFF_BASE_S": str(settings.callback_backoff_base_s),
+        "MODEL_REGISTRY": settings.model_registry,
+        "ALIAS_POLL_S": str(settings.alias_poll_s),
         "DEVICE": "cpu",
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",

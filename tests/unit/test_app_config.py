@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from contracts import ManifestInput, PrefixInput, TarInput, UriListInput
-from worker.app import celery_config, sqs_broker_url, sqs_transport_options
+from worker.app import celery_config, keep_retrain_apart, sqs_broker_url, sqs_transport_options
 from worker.producer import inputs_from_uris, parse_model_ref
 from worker.queues import (
     TASK_ACCEPT,
@@ -12,6 +16,7 @@ from worker.queues import (
     TASK_SHARD,
     QueueNames,
     amqp_queues,
+    setup_sqs_queues,
 )
 from worker.settings import Settings, markdown_table
 
@@ -45,7 +50,12 @@ def test_amqp_delivery_semantics() -> None:
     assert config["worker_pool"] == "threads"
     assert config["worker_concurrency"] == 8
     assert config["worker_prefetch_multiplier"] == 1
-    assert [q.name for q in config["task_queues"]] == ["t1-classify", "t1-bulk", "t1-callbacks"]
+    assert [q.name for q in config["task_queues"]] == [
+        "t1-classify",
+        "t1-bulk",
+        "t1-callbacks",
+        "t1-retrain",
+    ]
     router, static = config["task_routes"]
     assert static[TASK_DELIVER]["queue"].name == "t1-callbacks"
     assert static[TASK_RETRAIN]["queue"].name == "t1-retrain"
@@ -96,3 +106,64 @@ def test_webhook_secret_lookup() -> None:
     assert settings.webhook_secret_for("default").get_secret_value() == "whsec_a"  # type: ignore[union-attr]
     assert settings.webhook_secret_for("team").get_secret_value() == "whsec_b"  # type: ignore[union-attr]
     assert settings.webhook_secret_for("nope") is None
+
+
+# --- the retrain queue -------------------------------------------------------------------
+
+
+def test_only_retrain_consumers_ask_rabbitmq_for_the_long_consumer_timeout() -> None:
+    queues = amqp_queues(Settings(queue_prefix="t1", retrain_timeout_s=7200))
+    assert queues["t1-retrain"].consumer_arguments == {"x-consumer-timeout": 7_200_000}
+    assert queues["t1-classify"].consumer_arguments is None
+    # a consumer argument: the queue's declaration is the same as every other work queue's
+    assert queues["t1-retrain"].queue_arguments == queues["t1-classify"].queue_arguments
+
+
+class ConsumedQueues:
+    """The part of Celery's ``app.amqp.queues`` that ``keep_retrain_apart`` uses."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.consume_from = dict.fromkeys(names)
+
+    def deselect(self, names: list[str]) -> None:
+        for name in names:
+            del self.consume_from[name]
+
+
+@pytest.mark.parametrize(
+    ("consumed", "left"),
+    [
+        pytest.param(["t1-classify", "t1-bulk", "t1-callbacks", "t1-retrain"], 3, id="no -Q"),
+        pytest.param(["t1-classify", "t1-retrain"], 1, id="mixed -Q"),
+        pytest.param(["t1-retrain"], 1, id="retrain worker"),
+        pytest.param(["t1-classify"], 1, id="classify worker"),
+    ],
+)
+def test_the_retrain_queue_is_consumed_only_by_a_worker_started_for_it(
+    consumed: list[str], left: int
+) -> None:
+    queues = ConsumedQueues(consumed)
+    taken_out = keep_retrain_apart(queues, Settings(queue_prefix="t1"))
+    assert taken_out == (len(consumed) > 1 and "t1-retrain" in consumed)
+    assert len(queues.consume_from) == left
+    assert ("t1-retrain" in queues.consume_from) == (consumed == ["t1-retrain"])
+
+
+class RecordingSqs:
+    def __init__(self) -> None:
+        self.created: dict[str, dict[str, str]] = {}
+
+    def create_queue(self, **request: Any) -> dict[str, str]:
+        self.created[request["QueueName"]] = request.get("Attributes", {})
+        return {"QueueUrl": f"http://sqs/{request['QueueName']}"}
+
+    def get_queue_attributes(self, **request: Any) -> dict[str, dict[str, str]]:
+        return {"Attributes": {"QueueArn": "arn:aws:sqs:us-east-1:0:t1-dead"}}
+
+
+def test_the_sqs_retrain_queue_stays_invisible_for_the_retrain_timeout() -> None:
+    client = RecordingSqs()
+    settings = Settings(queue_prefix="t1", sqs_visibility_timeout_s=1800, retrain_timeout_s=7200)
+    setup_sqs_queues(settings, client)
+    assert client.created["t1-retrain"]["VisibilityTimeout"] == "7200"
+    assert client.created["t1-classify"]["VisibilityTimeout"] == "1800"

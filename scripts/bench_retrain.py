@@ -1,0 +1,140 @@
+"""Accuracy against budget of the whole retrain, on CIFAKE, side by side in one run.
+
+    python scripts/bench_retrain.py        # 1,000 + 1,000 images, budgets 60 s and 5 min
+    python scripts/bench_retrain.py --per-class 1000 --budgets 30,60,120,300
+    python scripts/bench_retrain.py --per-class 0 --budgets 7200   # all of dev-train.tar
+
+For each budget: a fresh retrain (search + k-fold CV + final fit + export +
+report, exactly ``synthdetect train``) on a seeded sample of ``dev-train.tar``
+that starts from scratch or from ImageNet weights (never from a model that has
+seen CIFAKE), into a throw-away registry; then the published model is scored
+on all of ``dev-test.tar``. Prints one row per budget: wall time, what the
+search chose, CV accuracy, dev-test accuracy per class and ECE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from contracts import Budget, PromotionPolicy
+from worker.imaging import ImageLimits
+from worker.inference.device import select_device
+from worker.inference.model import load_model
+from worker.inference.registry import ModelRegistry
+from worker.inputs import expand_paths
+from worker.retrain import RetrainRequest, run_retrain
+from worker.settings import Settings
+from worker.storage import Storage
+from worker.training.dataset import load_labelled_images
+from worker.training.evaluate import evaluation_metrics
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake"
+FOLDERS = {"REAL": "real", "FAKE": "synthetic"}
+
+
+def sample_dataset(tar: Path, per_class: int, seed: int, target: Path) -> Path:
+    """Copy ``per_class`` images of each class (0 = all) into ``target/<label>/``."""
+    with tarfile.open(tar) as archive:
+        members = [m for m in archive.getmembers() if m.isfile()]
+        rng = random.Random(seed)
+        for source, label in FOLDERS.items():
+            chosen = [m for m in members if m.name.startswith(source + "/")]
+            if per_class:
+                chosen = rng.sample(chosen, per_class)
+            (target / label).mkdir(parents=True, exist_ok=True)
+            for member in chosen:
+                data = archive.extractfile(member).read()  # type: ignore[union-attr]
+                (target / label / Path(member.name).name).write_bytes(data)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--per-class", type=int, default=1000, help="0 = all of dev-train.tar")
+    parser.add_argument("--budgets", default="60,300", help="seconds, comma-separated")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    settings = Settings()
+    storage = Storage.from_settings(settings)
+    limits = ImageLimits.from_settings(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        train_dir = sample_dataset(DATA / "dev-train.tar", args.per_class, args.seed, root / "data")
+        test_items = expand_paths(
+            [str(DATA / "dev-test.tar")],
+            storage,
+            settings.max_image_bytes,
+            labels_from_folders=True,
+        )
+        rows = []
+        for budget in (float(b) for b in args.budgets.split(",")):
+            registry = ModelRegistry(storage, [str(root / f"registry-{budget:g}")])
+            request = RetrainRequest(
+                model="bench",
+                source=f"dev-train.tar sample ({args.per_class} per class)",
+                items=lambda: expand_paths(
+                    [str(train_dir)], storage, settings.max_image_bytes, labels_from_folders=True
+                ),
+                budget=Budget(seconds=budget),
+                folds=args.folds,
+                promotion=PromotionPolicy(mode="always"),
+                seed=args.seed,
+                job_id="bench",
+            )
+            started = time.monotonic()
+            summary = run_retrain(
+                request,
+                settings,
+                storage,
+                registry,
+                on_progress=lambda m, b=budget: print(f"  [{b:g} s] {m}", flush=True),
+            )
+            wall = time.monotonic() - started
+            assert summary.model is not None
+            card, model_bytes = registry.read_model(summary.model)
+            model = load_model(card, model_bytes, select_device("cpu"))
+            if not rows:
+                test, _ = load_labelled_images(
+                    test_items, card.preprocessing, limits, label_aliases={"fake": "synthetic"}
+                )
+            probs = np.concatenate(
+                [model.predict_proba(test.images[i : i + 512]) for i in range(0, len(test), 512)]
+            )
+            index = [card.labels.index(name) for name in test.label_names]
+            metrics = evaluation_metrics(probs[:, index], test.labels, test.label_names, "dev-test")
+            row = {
+                "budget_s": budget,
+                "wall_s": round(wall, 1),
+                "winner": card.training.hyperparameters["winner"] if card.training else None,
+                "cv_accuracy": round(card.metrics["cv"].accuracy, 4),
+                "dev_test_accuracy": round(metrics.accuracy, 4),
+                "per_class": {k: round(v, 4) for k, v in metrics.per_class_accuracy.items()},
+                "ece": round(metrics.ece or 0, 4),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("\n| budget | wall | search chose | CV acc. | dev-test acc. | real | synthetic | ECE |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        pc = r["per_class"]
+        print(
+            f"| {r['budget_s']:g} s | {r['wall_s']:.0f} s | {r['winner']} | {r['cv_accuracy']:.2%} "
+            f"| {r['dev_test_accuracy']:.2%} | {pc.get('real', 0):.2%} "
+            f"| {pc.get('synthetic', 0):.2%} "
+            f"| {r['ece']:.2%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
