@@ -194,13 +194,15 @@ def deliver_callback(job_id: str, location: str, kind: str = "classify") -> None
 
 
 @signals.worker_ready.connect(weak=False)
-def _on_ready(**_: Any) -> None:
+def _on_ready(sender: Any = None, **_: Any) -> None:
     serve(runtime.settings.metrics_port)
+    # What this worker really consumes and runs (-Q and -c override the settings).
+    controller = getattr(sender, "controller", None)
     log.info(
         "worker_ready",
         broker=runtime.settings.broker_kind,
-        queues=runtime.names.task_queues,
-        concurrency=runtime.settings.worker_concurrency,
+        queues=sorted(app.amqp.queues.consume_from),
+        concurrency=getattr(controller, "concurrency", runtime.settings.worker_concurrency),
     )
 
 

@@ -1,11 +1,16 @@
 """Retrain jobs on RabbitMQ + SeaweedFS: a real retrain worker publishes, gates and reports.
 
-A small data set from ``dev-train.tar`` (120 real + 120 synthetic images to
+A small data set from ``dev-train.tar`` (200 real + 200 synthetic images to
 train on, 60 + 60 more held out) goes to SeaweedFS; the registry is
 ``s3://<bucket>/models``, so production starts as the bundled default model
-(trained on 30,000 images). A 15-second model trained on 240 images must lose
+(trained on 30,000 images). A 15-second model trained on 400 images must lose
 the gate against it and stay a candidate; with a margin of 1.0 the next one is
 promoted, and ``synthdetect models rollback`` moves production back.
+
+400 training images, and both retrains hold out the separate 120: every training
+run (CV folds of ~267 images, the final fit on 400) then has at least 5 steps per
+epoch. The training loop's OneCycleLR schedule fails on exactly 4 steps, which a
+pool of 240 or 320 images at the minimum of one epoch gives (reported upstream).
 
 Two workers run: one started for the retrain queue alone, and one for the
 callbacks queue (in production, the classify workers deliver callbacks).
@@ -22,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +64,7 @@ DEV_TRAIN_TARS = [
     Path("/work/shared/data/cifake/dev-train.tar"),
     REPO.parent / "shared" / "data" / "cifake" / "dev-train.tar",
 ]
-TRAIN_PER_LABEL = 120
+TRAIN_PER_LABEL = 200
 HELD_PER_LABEL = 60
 LABELS = {"REAL": "real", "FAKE": "synthetic"}
 SUMMARY_TIMEOUT_S = 420
@@ -75,7 +81,7 @@ class RetrainData:
 
 
 def dev_train_images() -> dict[str, list[tuple[str, bytes]]]:
-    """The first 180 REAL and 180 FAKE members of dev-train.tar, by our label name."""
+    """The first 260 REAL and 260 FAKE members of dev-train.tar, by our label name."""
     path = next((p for p in DEV_TRAIN_TARS if p.is_file()), None)
     if path is None:
         pytest.skip("shared/data/cifake/dev-train.tar is not available")
@@ -148,30 +154,23 @@ def workers(
     )
     names = QueueNames.from_settings(settings)
     logs = tmp_path_factory.mktemp("retrain-workers")
-    synthdetect = executable("synthdetect")
-    # Own node names: two workers on one host (and other test runs) must not share a pidbox.
-    retrain = start_worker(
-        [synthdetect, "worker", "-Q", names.retrain, f"--hostname={names.retrain}@%h"],
-        settings,
-        logs / "retrain.log",
-    )
-    callbacks = start_worker(
-        [
-            synthdetect,
-            "worker",
-            "-Q",
-            names.callbacks,
-            "-c",
-            "2",
-            f"--hostname={names.callbacks}@%h",
-        ],
-        settings.model_copy(update={"metrics_port": free_port()}),
-        logs / "callbacks.log",
-    )
-    yield Workers(settings, retrain)
-    retrain.stop()
-    callbacks.stop()
-    delete_amqp_topology(settings)
+    worker = [executable("synthdetect"), "worker"]
+    with ExitStack() as running:
+        running.callback(delete_amqp_topology, settings)
+        # Own node names: two workers on one host (and other test runs) must not share a pidbox.
+        retrain = start_worker(
+            [*worker, "-Q", names.retrain, f"--hostname={names.retrain}@%h"],
+            settings,
+            logs / "retrain.log",
+        )
+        running.callback(retrain.stop)
+        callbacks = start_worker(
+            [*worker, "-Q", names.callbacks, "-c", "2", f"--hostname={names.callbacks}@%h"],
+            settings.model_copy(update={"metrics_port": free_port()}),
+            logs / "callbacks.log",
+        )
+        running.callback(callbacks.stop)
+        yield Workers(settings, retrain)
 
 
 @pytest.fixture
@@ -187,11 +186,14 @@ def retrain_job(job_id: str, **fields: object) -> RetrainJob:
 
 def summary_of(job: RetrainJob, workers: Workers) -> RetrainSummary:
     storage = Storage.from_settings(workers.settings)
-    summary = wait_for_retrain_summary(
-        job, workers.settings.model_registry, storage, SUMMARY_TIMEOUT_S
-    )
-    assert summary is not None, f"no summary for {job.job_id}:\n{workers.retrain.log_tail()}"
-    return summary
+    deadline = time.monotonic() + SUMMARY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        summary = wait_for_retrain_summary(job, workers.settings.model_registry, storage, 5.0)
+        if summary is not None:
+            return summary
+        dead = log_events(workers.retrain, "message_dead_lettered", job.job_id)
+        assert not dead, f"{job.job_id} was dead-lettered: {dead[0]['reason']}"
+    pytest.fail(f"no summary for {job.job_id}:\n{workers.retrain.log_tail()}")
 
 
 def log_events(worker: WorkerProcess, event: str, job_id: str) -> list[dict[str, object]]:
@@ -254,7 +256,7 @@ def test_a_worse_model_is_published_complete_but_kept_as_a_candidate(
     assert delivery.body == json.loads(summary.model_dump_json(exclude_none=True))
     progress = log_events(workers.retrain, "retrain_progress", job.job_id)
     messages = [str(e["message"]) for e in progress]
-    assert messages[0].startswith("loaded 240 images")
+    assert messages[0].startswith(f"loaded {2 * TRAIN_PER_LABEL} images")
     assert any(m.startswith("published default@") for m in messages)
 
 
@@ -284,6 +286,8 @@ def test_a_model_within_the_margin_is_promoted_and_rollback_restores_production(
         "submit-retrain",
         "--dataset",
         data.tar,
+        "--holdout",
+        data.held,
         "--budget",
         "15s",
         "--folds",

@@ -134,9 +134,7 @@ def train_classifier(
     net = net.to(memory_format=torch.channels_last).train()
     soft = torch.from_numpy(teacher_logits) if teacher_logits is not None else None
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_share
-    )
+    schedule = _one_cycle(optimizer, cfg, total_steps)
     use_bf16 = cfg.bf16 and bf16_supported()
     started = time.monotonic()
     step = 0
@@ -168,6 +166,22 @@ def train_classifier(
         if deadline is not None and time.monotonic() >= deadline:
             break
     return net.eval()
+
+
+def _one_cycle(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Warm-up then cosine decay; very short runs (a few steps) keep a constant rate.
+
+    OneCycleLR needs at least two steps in each phase (it divides by the phase
+    length minus one), which tiny data sets at one epoch do not have.
+    """
+    warmup_steps = cfg.warmup_share * total_steps
+    if warmup_steps < 2 or total_steps - warmup_steps < 2:
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_share
+    )
 
 
 def _loss(

@@ -83,6 +83,8 @@ def search(
     say = on_progress or (lambda message: None)
     fold_indices = stratified_folds(data.labels, folds, seed)
     space = search_space(seed)
+    for candidate in space:
+        speed_of(candidate)  # probe now, so the plan below only divides the time that is left
     screened_count = min(budget.trials or DEFAULT_SCREENED, len(space))
     units = screened_count * (folds - 1) / folds + (folds - 1) * (folds - 1) / folds + 1
     unit_s = None
