@@ -1,0 +1,224 @@
+"""The budgeted search and one whole ``run_retrain``: from a folder of labelled PNGs to a
+published, calibrated, gated model version.
+
+The search space is replaced by one-stage SynthNets trained for a few epochs, and the
+speed probe by a fixed speed, so the whole retrain takes a couple of seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from contracts import Budget, ModelId, ModelRef, PromotionPolicy
+from tests.support.toy_images import bright_and_dark, png_bytes
+from worker.inference.model import load_model
+from worker.inference.registry import ModelRegistry
+from worker.inputs import InputItem, expand_paths
+from worker.retrain import RetrainRequest, run_retrain
+from worker.settings import Settings
+from worker.storage import Storage
+from worker.training import candidates, search
+from worker.training.candidates import Candidate
+from worker.training.dataset import LabelledImages
+from worker.training.loop import TrainConfig
+from worker.training.nets import SynthNetSpec
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CPU = torch.device("cpu")
+TINY = SynthNetSpec(widths=(16,), blocks=(1,))
+LABELS = ["real", "synthetic"]
+IMAGES_PER_SECOND = 1000.0
+
+
+def tiny_candidate(lr: float = 1e-2, seed: int = 0) -> Candidate:
+    return Candidate("synthnet", TrainConfig(batch_size=8, lr=lr, bf16=False, seed=seed), TINY)
+
+
+@pytest.fixture
+def tiny_search(monkeypatch: pytest.MonkeyPatch) -> list[Candidate]:
+    """A search space of two tiny candidates, 5 epochs each, and no speed probing."""
+    space = [tiny_candidate(), tiny_candidate(lr=3e-3)]
+    monkeypatch.setattr(search, "search_space", lambda seed=0: space)
+    monkeypatch.setitem(search.DEFAULT_EPOCHS, "synthnet", 5.0)
+    monkeypatch.setattr(candidates, "training_speed", lambda *args: IMAGES_PER_SECOND)
+    return space
+
+
+# --- the search ----------------------------------------------------------------------
+
+
+def plan(candidate: Candidate, epochs: float, n_train: int = 1000) -> float | None:
+    """plan_epochs for the unit of time in which ``candidate`` trains ``epochs`` epochs."""
+    return search.plan_epochs(candidate, epochs * n_train / IMAGES_PER_SECOND, n_train)
+
+
+@pytest.mark.parametrize("family", ["synthnet", "lite0"])
+def test_plan_epochs_drops_caps_and_passes_through(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(candidates, "training_speed", lambda *args: IMAGES_PER_SECOND)
+    candidate = Candidate(family, TrainConfig(), TINY if family == "synthnet" else None)
+    low, high = search.MIN_EPOCHS[family], search.MAX_EPOCHS[family]
+    assert plan(candidate, low * 0.9) is None
+    assert plan(candidate, low) == pytest.approx(low)
+    assert plan(candidate, (low + high) / 2) == pytest.approx((low + high) / 2)
+    assert plan(candidate, high * 10) == high
+
+
+def test_plan_epochs_without_a_time_limit_uses_the_default_and_probes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_probe(*args: object) -> float:
+        raise AssertionError("a trials-only plan must not probe training speed")
+
+    monkeypatch.setattr(candidates, "training_speed", no_probe)
+    candidate = tiny_candidate()
+    assert search.plan_epochs(candidate, None, 1000) == search.DEFAULT_EPOCHS["synthnet"]
+
+
+def toy_set(n: int, size: int = 8) -> LabelledImages:
+    images, labels = bright_and_dark(n, size)
+    return LabelledImages(images, labels, LABELS, [f"s3://d/{i}.png" for i in range(n)])
+
+
+def test_search_by_trials_cross_validates_the_screened_candidate(
+    tiny_search: list[Candidate],
+) -> None:
+    data = toy_set(24)
+    messages: list[str] = []
+    budget = Budget(seconds=None, trials=1)
+    outcome = search.search(data, budget, 2, 0, deadline=None, on_progress=messages.append)
+    assert outcome.unit_s is None
+    assert outcome.screened == [tiny_search[0].describe()]  # trials=1: the first only
+    assert outcome.winner == tiny_search[0].with_epochs(5.0, seed=0)
+    assert [t.candidate for t in outcome.trials] == [outcome.winner]
+    cv = outcome.cv
+    assert cv.complete
+    assert [r.index for r in cv.results] == [0, 1]
+    validated = np.concatenate([r.validation for r in cv.results])
+    assert sorted(validated) == list(range(24))
+    oof = cv.oof_logits(24, 2)
+    assert not np.isnan(oof).any()
+    assert cv.mean_accuracy(data.labels) > 0.9
+    assert outcome.trials[0].fold0_accuracy == cv.results[0].accuracy(data.labels)
+    assert any(m.startswith("screen 1/1") for m in messages)
+    assert any(m.startswith("cv fold 2/2") for m in messages)
+
+
+def test_a_search_short_of_time_still_trains_the_fastest_candidate_one_epoch(
+    tiny_search: list[Candidate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(candidates, "training_speed", lambda *args: 1.0)  # one image a second
+    deadline = time.monotonic() + 30
+    outcome = search.search(
+        toy_set(24), Budget(seconds=30, trials=1), folds=2, seed=0, deadline=deadline
+    )
+    assert outcome.unit_s == pytest.approx(30 / 2, rel=0.05)  # 1/2 screen + 1/2 fold + 1 fit
+    assert outcome.winner.config.epochs == 1.0
+    assert outcome.cv.complete
+
+
+# --- a whole retrain run -------------------------------------------------------------
+
+
+@pytest.fixture
+def labelled_folder(tmp_path: Path) -> Path:
+    """60 PNGs, 32x32, in real/ (dark) and synthetic/ (bright), and one broken file."""
+    root = tmp_path / "data"
+    images, labels = bright_and_dark(60, size=32)
+    for i, (pixels, k) in enumerate(zip(images, labels, strict=True)):
+        folder = root / LABELS[k]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:02d}.png").write_bytes(png_bytes(pixels))
+    (root / "synthetic" / "broken.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
+def retrain_request(
+    folder: Path, storage: Storage, settings: Settings, promotion: PromotionPolicy | None = None
+) -> RetrainRequest:
+    """Retrain "toy" on ``folder`` (labels from sub-folders): one trial, 2-fold CV."""
+
+    def items() -> list[InputItem]:
+        paths = [str(folder)]
+        return list(
+            expand_paths(paths, storage, settings.max_image_bytes, labels_from_folders=True)
+        )
+
+    return RetrainRequest(
+        model="toy",
+        source=str(folder),
+        items=items,
+        budget=Budget(seconds=None, trials=1),
+        folds=2,
+        promotion=promotion or PromotionPolicy(),
+    )
+
+
+def test_run_retrain_publishes_a_calibrated_version_and_gates_it(
+    tiny_search: list[Candidate], labelled_folder: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "registry"
+    settings = Settings(model_registry=str(root), device="cpu")
+    storage = Storage(lambda: pytest.fail("no S3 in this test"))
+    # the bundled models are a root too, but no production "toy" exists: nothing is loaded
+    registry = ModelRegistry.from_settings(settings, storage)
+    messages: list[str] = []
+
+    request = retrain_request(labelled_folder, storage, settings)
+    summary = run_retrain(request, settings, storage, registry, messages.append)
+
+    assert summary.status == "succeeded"
+    assert summary.model == ModelId(name="toy", version="1")
+    assert summary.promoted
+    assert summary.decision == "promoted: there was no production version yet"
+    assert summary.production_accuracy is None
+    version = root / "toy" / "1"
+    assert summary.card_uri == str(version / "card.json")
+    assert summary.report_uri == str(version / "report.html")
+    assert "toy@1" in (version / "report.html").read_text()
+    model_bytes = (version / "model.pt").read_bytes()
+    card = registry.read_card(summary.model)
+    assert json.loads((version / "card.json").read_text())["sha256"] == card.sha256
+    assert card.sha256 == hashlib.sha256(model_bytes).hexdigest()
+    assert card.labels == LABELS
+    assert card.preprocessing.input_size == (32, 32)
+
+    heldout, cv = card.metrics["heldout"], card.metrics["cv"]
+    assert heldout.n == 12  # 20% of each label
+    assert summary.heldout_accuracy == heldout.accuracy
+    assert cv.n == 48
+    assert cv.accuracy_std is not None
+    assert set(heldout.per_class_accuracy) == set(cv.per_class_accuracy) == set(LABELS)
+    assert heldout.accuracy >= 0.9
+    assert card.calibration.temperature > 0
+
+    training = card.training
+    assert training is not None
+    assert training.data.counts == {"real": 24, "synthetic": 24}
+    assert training.data.unreadable == 1
+    hyper = training.hyperparameters
+    assert hyper["winner"] == tiny_search[0].describe()
+    assert [t["epochs"] for t in hyper["trials"]] == [5.0]
+
+    loaded = load_model(card, model_bytes, CPU)
+    images, labels = bright_and_dark(20, size=32, seed=9)
+    assert (loaded.predict_proba(images).argmax(1) == labels).mean() >= 0.9
+    assert registry.resolve(ModelRef(name="toy")) == summary.model
+    assert any(m.startswith("published toy@1") for m in messages)
+
+    never = retrain_request(labelled_folder, storage, settings, PromotionPolicy(mode="never"))
+    second = run_retrain(never, settings, storage, registry)
+    assert second.model.version == "2"
+    assert not second.promoted
+    assert second.decision == "kept as a candidate: the promotion policy is 'never'"
+    assert registry.resolve(ModelRef(name="toy")) == summary.model
+    assert (root / "toy" / "2" / "model.pt").is_file()
