@@ -87,10 +87,13 @@ def main() -> None:
     )
     parser.add_argument("--teacher-epochs", type=float, default=8)
     parser.add_argument("--teacher-cache", type=Path, default=Path(".cache/teacher-lite0.pt"))
-    parser.add_argument("--student", default="32,64,128,256", help="SynthNet stage widths")
-    parser.add_argument("--student-stem-stride", type=int, default=2)
-    parser.add_argument("--student-epochs", type=float, default=60)
-    parser.add_argument("--distill-alpha", type=float, default=0.8)
+    parser.add_argument(
+        "--student",
+        default="lite0:11",
+        help="lite0:<blocks> (truncated ImageNet EfficientNet-Lite0) or synthnet:<widths,...>",
+    )
+    parser.add_argument("--student-epochs", type=float, default=8)
+    parser.add_argument("--distill-alpha", type=float, default=0.5)
     parser.add_argument("--flip-tta", action="store_true", help="export mirrored-view averaging")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--registry", default=str(BUNDLED_MODELS))
@@ -124,18 +127,8 @@ def main() -> None:
     teacher_val = (predict_logits(teacher, val.images, IMAGENET).argmax(1) == val.labels).mean()
     print(f"teacher validation accuracy {teacher_val:.4f}")
 
-    net_spec = SynthNetSpec(
-        widths=tuple(int(w) for w in args.student.split(",")),
-        blocks=(1,) * len(args.student.split(",")),
-        stem_stride=args.student_stem_stride,
-    )
-    student = SynthNet(net_spec, len(data.label_names))
-    student_cfg = TrainConfig(
-        epochs=args.student_epochs,
-        batch_size=128,
-        lr=3e-3,
-        seed=args.seed,
-        distill_alpha=args.distill_alpha,
+    student, architecture, student_start, student_cfg = build_student(
+        args.student, len(data.label_names), args.student_epochs, args.distill_alpha, args.seed
     )
     student_started = time.monotonic()
     soft_targets = teacher_views(teacher, fit.images, IMAGENET)
@@ -167,16 +160,16 @@ def main() -> None:
     model_bytes = export_torchscript(final, spec.input_size)
     training = TrainingInfo(
         data=data_summary(fit, args.train_tar.name, train_report),
-        start=f"scratch (distilled from {START_POINT} fine-tuned on the same data)",
+        start=f"{student_start} (distilled from {START_POINT} fine-tuned on the same data)",
         recipe=(
             f"teacher: EfficientNet-Lite0 (ImageNet), stem stride 1, {args.teacher_epochs} epochs; "
-            f"student: {net_spec.describe()}, {args.student_epochs} epochs, "
+            f"student: {architecture}, {args.student_epochs} epochs, "
             f"distillation alpha {args.distill_alpha}; flips + 2 px translations; "
             f"{'flip TTA in the model; ' if args.flip_tta else ''}temperature scaling"
         ),
         hyperparameters={
             "student": student_cfg.as_dict(),
-            "net": net_spec.as_dict(),
+            "student_architecture": architecture,
             "flip_tta": args.flip_tta,
         },
         seed=args.seed,
@@ -189,7 +182,7 @@ def main() -> None:
         net=student,
         model_bytes=model_bytes,
         labels=data.label_names,
-        architecture=net_spec.describe() + (" + flip TTA" if args.flip_tta else ""),
+        architecture=architecture + (" + flip TTA" if args.flip_tta else ""),
         preprocessing=spec,
         calibration=Calibration(temperature=temperature, ece_before=raw.ece, ece_after=heldout.ece),
         training=training,
@@ -215,6 +208,24 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def build_student(
+    text: str, num_classes: int, epochs: float, alpha: float, seed: int
+) -> tuple[torch.nn.Module, str, str, TrainConfig]:
+    """The student network, its description, start point and training settings."""
+    family, _, arg = text.partition(":")
+    if family == "lite0":
+        depth = int(arg or 16)
+        net = EfficientNetLite0(num_classes, stem_stride=1, depth=depth).load_imagenet()
+        cfg = TrainConfig(
+            epochs=epochs, batch_size=64, lr=2e-3, bf16=False, seed=seed, distill_alpha=alpha
+        )
+        return net, f"efficientnet-lite0(stem_stride=1, blocks={depth})", START_POINT, cfg
+    widths = tuple(int(w) for w in arg.split(","))
+    spec = SynthNetSpec(widths=widths, blocks=(1,) * len(widths))
+    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=3e-3, seed=seed, distill_alpha=alpha)
+    return SynthNet(spec, num_classes), spec.describe(), "scratch", cfg
 
 
 class FlipAveraged(torch.nn.Module):

@@ -67,10 +67,19 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 backbone with a fresh linear head for ``num_classes``."""
+    """EfficientNet-Lite0 backbone with a fresh linear head for ``num_classes``.
 
-    def __init__(self, num_classes: int, stem_stride: int = 2, dropout: float = 0.2) -> None:
+    ``depth`` keeps only the first ``depth`` of the 16 blocks (and drops the
+    1280-channel head convolution when it is below 16): at 32 px the late
+    blocks work on 1x1 and 2x2 maps and hold two thirds of the parameters, so a
+    truncated network is 4x smaller and faster for little accuracy.
+    """
+
+    def __init__(
+        self, num_classes: int, stem_stride: int = 2, dropout: float = 0.2, depth: int = 16
+    ) -> None:
         super().__init__()
+        self.full = depth >= 16
         self._conv_stem = nn.Conv2d(3, 32, 3, stem_stride, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
         blocks: list[nn.Module] = []
@@ -79,24 +88,28 @@ class EfficientNetLite0(nn.Module):
             for i in range(repeats):
                 blocks.append(MBConv(c_in, c_out, kernel, stride if i == 0 else 1, expand))
                 c_in = c_out
-        self._blocks = nn.Sequential(*blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
-        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._blocks = nn.Sequential(*blocks[:depth])
+        features = 1280 if self.full else self._blocks[-1]._bn2.num_features
+        if self.full:
+            self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+            self._bn1 = nn.BatchNorm2d(1280, **_BN)
         self.act = nn.ReLU6(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(1280, num_classes)
+        self.head = nn.Linear(features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self._bn0(self._conv_stem(x)))
         x = self._blocks(x)
-        x = self.act(self._bn1(self._conv_head(x)))
+        if self.full:
+            x = self.act(self._bn1(self._conv_head(x)))
         return self.head(self.dropout(self.pool(x).flatten(1)))
 
     def load_imagenet(self) -> EfficientNetLite0:
         """Load the ImageNet backbone weights (everything but the classifier)."""
         state = torch.load(weights_path(), map_location="cpu", weights_only=True)
-        backbone = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        wanted = set(self.state_dict())
+        backbone = {k: v for k, v in state.items() if k in wanted and not k.startswith("_fc.")}
         missing, unexpected = self.load_state_dict(backbone, strict=False)
         if unexpected or set(missing) - {"head.weight", "head.bias"}:
             raise RuntimeError(f"ImageNet weights do not fit: {missing=} {unexpected=}")
