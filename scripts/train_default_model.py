@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--teacher-cache", type=Path, default=Path(".cache/teacher-lite0.pt"))
     parser.add_argument(
         "--student",
-        default="lite0:11",
+        default="lite0:9",
         help="lite0:<blocks> (truncated ImageNet EfficientNet-Lite0) or synthnet:<widths,...>",
     )
     parser.add_argument("--student-epochs", type=float, default=8)

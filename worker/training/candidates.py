@@ -35,20 +35,26 @@ class Candidate:
     family: str
     config: TrainConfig
     net: SynthNetSpec | None = None
+    depth: int = 16
+    """Blocks of EfficientNet-Lite0 kept (lite0 family only)."""
 
     @property
     def start(self) -> str:
         return IMAGENET_START if self.family == "lite0" else "scratch"
 
     def describe(self) -> str:
-        arch = self.net.describe() if self.net is not None else "efficientnet-lite0(stem_stride=1)"
+        arch = (
+            self.net.describe()
+            if self.net is not None
+            else f"efficientnet-lite0(stem_stride=1, blocks={self.depth})"
+        )
         cfg = self.config
         return f"{arch} lr={cfg.lr:g} wd={cfg.weight_decay:g} ls={cfg.label_smoothing:g}"
 
     def build(self, num_classes: int) -> nn.Module:
         """A fresh network (ImageNet weights loaded for the lite0 family)."""
         if self.family == "lite0":
-            return EfficientNetLite0(num_classes, stem_stride=1).load_imagenet()
+            return EfficientNetLite0(num_classes, stem_stride=1, depth=self.depth).load_imagenet()
         assert self.net is not None
         return SynthNet(self.net, num_classes)
 
@@ -72,9 +78,11 @@ def search_space(seed: int = 0) -> list[Candidate]:
 
 
 @cache
-def training_speed(family: str, spec: SynthNetSpec | None, batch_size: int, bf16: bool) -> float:
+def training_speed(
+    family: str, spec: SynthNetSpec | None, depth: int, batch_size: int, bf16: bool
+) -> float:
     """Images per second one training step processes here (a short probe, cached per process)."""
-    candidate = Candidate(family, TrainConfig(batch_size=batch_size, bf16=bf16), spec)
+    candidate = Candidate(family, TrainConfig(batch_size=batch_size, bf16=bf16), spec, depth)
     net = candidate.build(2).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
@@ -93,4 +101,6 @@ def training_speed(family: str, spec: SynthNetSpec | None, batch_size: int, bf16
 
 def speed_of(candidate: Candidate) -> float:
     cfg = candidate.config
-    return training_speed(candidate.family, candidate.net, cfg.batch_size, cfg.bf16)
+    return training_speed(
+        candidate.family, candidate.net, candidate.depth, cfg.batch_size, cfg.bf16
+    )

@@ -83,8 +83,9 @@ def search(
     say = on_progress or (lambda message: None)
     fold_indices = stratified_folds(data.labels, folds, seed)
     space = search_space(seed)
-    for candidate in space:
-        speed_of(candidate)  # probe now, so the plan below only divides the time that is left
+    if deadline is not None:
+        for candidate in space:
+            speed_of(candidate)  # probe first: the plan below divides only the time left
     screened_count = min(budget.trials or DEFAULT_SCREENED, len(space))
     units = screened_count * (folds - 1) / folds + (folds - 1) * (folds - 1) / folds + 1
     unit_s = None
