@@ -24,6 +24,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
@@ -38,18 +39,34 @@ _DONE_NAME = re.compile(r"part-(\d{5,})\.done\.json$")
 
 
 @dataclass(frozen=True)
-class JobLayout:
-    """The addresses of one job's objects."""
+class RecordLayout:
+    """Where a job keeps its records: ``<root>/<job_id>/{job,summary,delivery}.json``.
+
+    Classify jobs keep them under their output URI, retrain jobs next to the model.
+    """
 
     base: str
 
     @classmethod
-    def of(cls, output_uri: str, job_id: str) -> JobLayout:
-        return cls(join_uri(output_uri, job_id))
+    def of(cls, root: str, job_id: str) -> Self:
+        return cls(join_uri(root, job_id))
 
     @property
     def job(self) -> str:
         return join_uri(self.base, "job.json")
+
+    @property
+    def summary(self) -> str:
+        return join_uri(self.base, "summary.json")
+
+    @property
+    def delivery(self) -> str:
+        return join_uri(self.base, "delivery.json")
+
+
+@dataclass(frozen=True)
+class JobLayout(RecordLayout):
+    """A classify job's records plus its result parts, done markers and finalise claim."""
 
     @property
     def parts_prefix(self) -> str:
@@ -64,14 +81,6 @@ class JobLayout:
     @property
     def claim(self) -> str:
         return join_uri(self.base, "finalize.claim")
-
-    @property
-    def summary(self) -> str:
-        return join_uri(self.base, "summary.json")
-
-    @property
-    def delivery(self) -> str:
-        return join_uri(self.base, "delivery.json")
 
 
 class _Record(BaseModel):

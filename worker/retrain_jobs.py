@@ -56,6 +56,7 @@ from worker.inference.registry import ModelRegistry
 from worker.ingest import describe_validation_error
 from worker.inputs import InputItem, expand_job_inputs, expand_paths, iter_tar_items
 from worker.logs import get_logger
+from worker.results import RecordLayout
 from worker.retrain import RetrainRequest, run_retrain
 from worker.settings import Settings
 from worker.storage import Storage, join_uri
@@ -80,27 +81,8 @@ class RetrainServices:
     """(job_id, jobs root, delay in seconds): queue a callback attempt of a retrain job."""
 
 
-@dataclass(frozen=True)
-class RetrainLayout:
-    """The addresses of one retrain job's objects."""
-
-    base: str
-
-    @classmethod
-    def of(cls, jobs_root: str, job_id: str) -> RetrainLayout:
-        return cls(join_uri(jobs_root, job_id))
-
-    @property
-    def job(self) -> str:
-        return join_uri(self.base, "job.json")
-
-    @property
-    def summary(self) -> str:
-        return join_uri(self.base, "summary.json")
-
-    @property
-    def delivery(self) -> str:
-        return join_uri(self.base, "delivery.json")
+RetrainLayout = RecordLayout
+"""A retrain job's records: ``<registry>/<model>/jobs/<job_id>/...``."""
 
 
 def jobs_root(registry_root: str, model: str) -> str:
