@@ -44,7 +44,13 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=0, ge=0, description="CPU threads for torch ops; 0 = one per core."
     )
-    max_batch: int = Field(default=256, ge=1, le=8192, description="Largest inference batch.")
+    max_batch: int = Field(
+        default=64,
+        ge=1,
+        le=8192,
+        description="Largest inference batch; 64 is the CPU optimum scripts/bench_model.py "
+        "measures for the default model, raise it (256-1024) on a GPU.",
+    )
     max_wait_ms: float = Field(
         default=5.0,
         ge=0,
