@@ -4,10 +4,11 @@
 
     dataset ─► decode (serving preprocessing) ─► held-out split ─► search + k-fold CV
         ─► final fit ─► final model = mean of fold models and final fit, mirrored views too
-        ─► temperature from out-of-fold logits ─► held-out metrics ─► TorchScript + card
+        ─► held-out logits ─► temperature (cross-fitted ECE) ─► TorchScript + card
         ─► publish <registry>/<name>/<version>/ + report.html ─► promotion gate ─► summary
 
-The held-out images are never seen by the search, the CV or the calibration;
+The held-out images are never seen by the search or the CV; they only fit the
+temperature (one number that changes no label; its ECE is cross-fitted), and
 the gate compares the new version with the current ``production`` version on
 exactly those images. Used by the ``retrain`` queue task and ``synthdetect train``.
 """
@@ -44,7 +45,7 @@ from worker.logs import get_logger
 from worker.review import write_training_report
 from worker.settings import Settings
 from worker.storage import Storage, join_uri
-from worker.training.calibration import fit_temperature
+from worker.training.calibration import cross_fitted_probabilities, fit_temperature
 from worker.training.candidates import IMAGENET_NORMALISATION
 from worker.training.dataset import LabelledImages, LoadReport, data_summary, load_labelled_images
 from worker.training.evaluate import evaluation_metrics, softmax
@@ -56,8 +57,10 @@ from worker.training.splits import stratified_split
 log = get_logger(__name__)
 
 INPUT_SIZE = (32, 32)
-EXPORT_RESERVE_S = 3.0
+EXPORT_RESERVE_S = 8.0
 """Seconds kept back from the budget for export, publication and the report."""
+MIN_CALIBRATION_IMAGES = 200
+"""Fewer held-out images than this fit a noisy temperature: the out-of-fold logits fit it."""
 _ROUNDING = 1e-9
 """Accuracies are fractions k/n; e.g. 0.8 - 0.1 is 0.7000000000000001 in floats."""
 
@@ -121,7 +124,7 @@ def run_retrain(
     pool, holdout = _holdout(data, request, spec, limits)
     say(f"training pool {len(pool)}, held out {len(holdout)}")
 
-    reserve = EXPORT_RESERVE_S + len(holdout) / 500.0
+    reserve = EXPORT_RESERVE_S + len(holdout) / 200.0
     outcome = search(
         pool,
         request.budget,
@@ -131,37 +134,44 @@ def run_retrain(
         reserve_s=reserve,
         on_progress=say,
     )
-    final_net = outcome.winner.build(len(pool.label_names))
+    final_candidate = outcome.final_candidate(len(pool))
+    final_net = final_candidate.build(len(pool.label_names))
     fit_started = time.monotonic()
     train_classifier(
         final_net,
         pool.images,
         pool.labels,
         IMAGENET_NORMALISATION,
-        outcome.winner.config,
+        final_candidate.config,
         deadline=None if deadline is None else deadline - reserve,
     )
-    say(f"final fit on {len(pool)} images ({time.monotonic() - fit_started:.1f} s)")
+    say(
+        f"final fit on {len(pool)} images, epochs={final_candidate.config.epochs} "
+        f"({time.monotonic() - fit_started:.1f} s)"
+    )
 
     final = MeanLogits([final_net, *(r.model for r in outcome.cv.results)]).eval()
     oof = outcome.cv.oof_logits(len(pool), len(pool.label_names))
-    temperature = fit_temperature(oof, pool.labels)
-    heldout_logits = predict_logits(final, holdout.images, IMAGENET_NORMALISATION)
+    cv_temperature = fit_temperature(oof, pool.labels)
     cv_metrics = evaluation_metrics(
-        softmax(oof, temperature),
+        softmax(oof, cv_temperature),
         pool.labels,
         pool.label_names,
         f"{request.folds}-fold CV on {len(pool)} images",
         accuracy_std=outcome.cv.accuracy_std(pool.labels),
     )
+    heldout_logits = predict_logits(final, holdout.images, IMAGENET_NORMALISATION)
     raw = evaluation_metrics(
         softmax(heldout_logits), holdout.labels, holdout.label_names, "held-out"
     )
+    if len(holdout) >= MIN_CALIBRATION_IMAGES:
+        temperature = fit_temperature(heldout_logits, holdout.labels)
+        calibrated = cross_fitted_probabilities(heldout_logits, holdout.labels, request.seed)
+    else:
+        temperature = cv_temperature
+        calibrated = softmax(heldout_logits, temperature)
     heldout = evaluation_metrics(
-        softmax(heldout_logits, temperature),
-        holdout.labels,
-        holdout.label_names,
-        f"{len(holdout)} held-out images",
+        calibrated, holdout.labels, holdout.label_names, f"{len(holdout)} held-out images"
     )
     say(
         f"held-out accuracy {heldout.accuracy:.4f} {heldout.per_class_accuracy}, "
@@ -186,7 +196,7 @@ def run_retrain(
     model_id = ModelId(name=request.model, version=version)
     base = registry.version_uri(registry.primary_root, model_id)
     report_uri = write_training_report(
-        _oof_results(pool, oof, temperature, model_id),
+        _oof_results(pool, oof, cv_temperature, model_id),
         storage,
         join_uri(base, "report.html"),
         f"{request.model}@{version}: {request.folds}-fold cross-validation",
@@ -326,7 +336,8 @@ def _training_info(
         recipe=(
             f"budgeted search ({len(outcome.trials)} candidates screened on fold 0), "
             f"{request.folds}-fold CV, final fit, mean of final + fold models with flip TTA, "
-            "temperature scaling on out-of-fold logits"
+            "temperature scaling on held-out logits (out-of-fold logits below "
+            f"{MIN_CALIBRATION_IMAGES} held-out images), cross-fitted held-out ECE"
         ),
         hyperparameters={
             "winner": winner.describe(),

@@ -7,13 +7,14 @@ Every network here is a one-stage SynthNet on 8x8 images, trained for a few step
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from tests.support.toy_images import bright_and_dark
-from worker.training.calibration import fit_temperature
+from worker.training.calibration import cross_fitted_probabilities, fit_temperature
 from worker.training.evaluate import evaluation_metrics, expected_calibration_error, softmax
 from worker.training.loop import (
     EpochReport,
@@ -21,6 +22,7 @@ from worker.training.loop import (
     TrainConfig,
     augment,
     predict_logits,
+    recalibrate_batchnorm,
     teacher_views,
     train_classifier,
 )
@@ -170,6 +172,20 @@ def test_fit_temperature_is_bounded(labels: np.ndarray, bound: float) -> None:
     assert fit_temperature(logits, labels) == pytest.approx(bound)
 
 
+def test_cross_fitted_probabilities_keep_labels_and_calibrate_each_half() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 4000)
+    true_logits = np.stack([np.zeros(4000), (labels * 2 - 1) * rng.gamma(2.0, 1.0, 4000)], 1)
+    true_logits += rng.normal(0, 1.0, true_logits.shape)
+    overconfident = true_logits * 3
+    probs = cross_fitted_probabilities(overconfident, labels)
+    assert probs.shape == overconfident.shape
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    assert (probs.argmax(1) == overconfident.argmax(1)).all()
+    raw_ece = expected_calibration_error(softmax(overconfident), labels)
+    assert expected_calibration_error(probs, labels) < raw_ece / 3
+
+
 # --- the training loop ------------------------------------------------------------------
 
 
@@ -187,6 +203,34 @@ def test_train_classifier_learns_a_separable_set_either_way_round() -> None:
         net = train_classifier(tiny_net(), images, target, Normalisation.of(images), QUICK)
         assert not net.training
         assert accuracy(net, images, target) > 0.9
+
+
+def test_recalibrate_batchnorm_sets_the_statistics_of_the_given_images() -> None:
+    images, _ = bright_and_dark(40)
+    norm = Normalisation((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    conv, bn = torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)
+    net = torch.nn.Sequential(conv, bn)
+    bn.running_mean.fill_(7.0)  # stale statistics from somewhere else
+    recalibrate_batchnorm(net, images, norm, batch_size=10)  # four batches, equal weight
+    with torch.no_grad():
+        features = conv(norm.apply(torch.from_numpy(images)))
+    assert torch.allclose(bn.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert bn.momentum == 0.1  # restored for any later training
+    assert not net.training
+
+
+def test_precise_bn_runs_at_the_end_of_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    images, labels = bright_and_dark(40)
+    calls: list[int] = []
+    monkeypatch.setattr(
+        "worker.training.loop.recalibrate_batchnorm",
+        lambda net, imgs, norm, batch_size: calls.append(len(imgs)),
+    )
+    norm = Normalisation.of(images)
+    train_classifier(tiny_net(), images, labels, norm, QUICK)
+    assert calls == []
+    train_classifier(tiny_net(), images, labels, norm, replace(QUICK, precise_bn=True))
+    assert calls == [40]
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])

@@ -126,6 +126,55 @@ def test_a_search_short_of_time_still_trains_the_fastest_candidate_one_epoch(
     assert outcome.cv.complete
 
 
+@pytest.mark.parametrize(
+    ("trials", "n_train", "expected"),
+    [(None, 1600, 1), (None, 30000, search.DEFAULT_SCREENED), (2, 1600, 2), (9, 1600, 6)],
+)
+def test_small_data_screens_one_candidate_unless_trials_are_asked_for(
+    trials: int | None, n_train: int, expected: int
+) -> None:
+    budget = Budget(seconds=300, trials=trials)
+    assert search.screened_count(budget, 5, n_train, space_size=6) == expected
+
+
+def test_pace_gives_a_run_fewer_epochs_when_its_planned_ones_no_longer_fit(
+    tiny_search: list[Candidate],
+) -> None:
+    candidate = tiny_candidate().with_epochs(10.0, seed=0)
+    pace = search.Pace(deadline=time.monotonic() + 10.0)  # 10 s at 1000 img/s: 10,000 images
+    assert pace.fit(candidate, units_left=1.0, n_train=500) == candidate  # 20 epochs fit
+    shorter = pace.fit(candidate, units_left=4.0, n_train=500)  # 2.5 s a unit: 5 epochs
+    assert shorter.config.epochs == pytest.approx(5.0, abs=0.2)
+    assert shorter.config.lr == candidate.config.lr
+
+
+def test_pace_learns_from_runs_slower_than_probed(tiny_search: list[Candidate]) -> None:
+    candidate = tiny_candidate()
+    pace = search.Pace(deadline=time.monotonic() + 10.0)
+    pace.record(candidate, images_trained=1000, seconds=2.0)  # probe said 1 s
+    assert pace.images_per_s(candidate) == pytest.approx(IMAGES_PER_SECOND / 2)
+    assert pace.fit(candidate.with_epochs(20.0, 0), 1.0, 500).config.epochs == pytest.approx(
+        10.0, abs=0.2
+    )
+
+
+def test_pace_without_a_deadline_keeps_the_plan(tiny_search: list[Candidate]) -> None:
+    candidate = tiny_candidate().with_epochs(7.0, seed=0)
+    assert search.Pace(deadline=None).fit(candidate, 99.0, 10**6) == candidate
+
+
+def test_time_of_candidates_not_worth_screening_goes_to_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fast, slow = tiny_candidate(), Candidate("lite0", TrainConfig(batch_size=8, bf16=False))
+    speeds = {"synthnet": IMAGES_PER_SECOND, "lite0": 1.0}  # lite0 gets < 3 epochs
+    monkeypatch.setattr(candidates, "training_speed", lambda family, *args: speeds[family])
+    pace = search.Pace(deadline=time.monotonic() + 100.0)
+    planned, unit_s = search.plan_candidates([slow, fast], 2, 5, 1000, pace, seed=0)
+    assert [c.family for c in planned] == ["synthnet"]
+    assert unit_s == pytest.approx(100.0 / search.plan_units(1, 5), rel=0.02)
+
+
 # --- a whole retrain run -------------------------------------------------------------
 
 

@@ -63,16 +63,23 @@ class Candidate:
 
 
 def search_space(seed: int = 0) -> list[Candidate]:
-    """Candidates in order of prior merit (measured on CIFAKE subsets; see the README)."""
+    """Candidates in order of prior merit (measured on CIFAKE subsets; see the README).
+
+    On 1,600 CIFAKE images, Lite0 cut after block 8 or 9 learns faster per
+    second than the whole network (91-93 % after 4-12 epochs in 7-26 s, where
+    the whole one needs about 40 s for 92.5 %) and than scratch CNNs (88-90 %
+    in the same time); cuts after block 6 or 7, or 11, did worse.
+    """
     small = SynthNetSpec(widths=(16, 32, 64), blocks=(1, 1, 1), stem_stride=1)
     wide = SynthNetSpec(widths=(32, 64, 128), blocks=(1, 1, 1), stem_stride=2)
-    lite = TrainConfig(lr=2e-3, batch_size=64, bf16=False, seed=seed)
-    scratch = TrainConfig(lr=2e-3, batch_size=64, bf16=False, seed=seed)
+    lite = TrainConfig(lr=2e-3, batch_size=64, bf16=False, seed=seed, precise_bn=True)
+    scratch = TrainConfig(lr=2e-3, batch_size=64, bf16=False, seed=seed, precise_bn=True)
     return [
+        Candidate("lite0", lite, depth=8),
+        Candidate("lite0", replace(lite, lr=1e-3), depth=9),
         Candidate("lite0", lite),
-        Candidate("lite0", replace(lite, lr=1e-3)),
-        Candidate("synthnet", scratch, small),
         Candidate("synthnet", replace(scratch, lr=4e-3, label_smoothing=0.05), small),
+        Candidate("synthnet", scratch, small),
         Candidate("synthnet", replace(scratch, bf16=True), wide),
     ]
 

@@ -23,8 +23,9 @@ from worker.training.loop import predict_logits, train_classifier
 
 @dataclass
 class FoldResult:
-    """One trained fold: its validation indices, their logits and the model."""
+    """One trained fold: what ran (epochs included), its validation indices, logits, model."""
 
+    candidate: Candidate
     index: int
     validation: np.ndarray
     logits: np.ndarray
@@ -85,4 +86,4 @@ def run_fold(
         on_epoch=on_epoch,
     )
     logits = predict_logits(net, data.images[validation], IMAGENET_NORMALISATION, flip_tta=True)
-    return FoldResult(index, validation, logits, net, time.monotonic() - started)
+    return FoldResult(candidate, index, validation, logits, net, time.monotonic() - started)

@@ -37,6 +37,8 @@ class TrainConfig:
     seed: int = 0
     distill_alpha: float = 0.0
     distill_temperature: float = 2.0
+    precise_bn: bool = False
+    """Recompute BatchNorm statistics with the final weights (see ``recalibrate_batchnorm``)."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -165,7 +167,38 @@ def train_classifier(
             )
         if deadline is not None and time.monotonic() >= deadline:
             break
+    if cfg.precise_bn:
+        recalibrate_batchnorm(net, images, norm, cfg.batch_size * 4)
     return net.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    net: nn.Module, images: np.ndarray, norm: Normalisation, batch_size: int = 256
+) -> None:
+    """Set every BatchNorm's running statistics to their mean over ``images`` ("precise BN").
+
+    Running statistics are a moving average over the last few dozen steps,
+    taken while the weights were still moving. In short fine-tuning runs (a few
+    hundred steps from ImageNet statistics) they lag the final weights so much
+    that eval-mode predictions can collapse onto one class: on 1,280 CIFAKE
+    images, 3 epochs of truncated Lite0 scored 58-86 % without this pass and
+    90-92 % with it. One forward pass over the training images costs about a
+    third of an epoch.
+    """
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over every batch below
+    net.train()
+    for start in range(0, len(images), batch_size):
+        net(norm.apply(torch.from_numpy(images[start : start + batch_size])))
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+    net.eval()
 
 
 def _one_cycle(
