@@ -271,3 +271,35 @@ def test_run_retrain_publishes_a_calibrated_version_and_gates_it(
     assert second.decision == "kept as a candidate: the promotion policy is 'never'"
     assert registry.resolve(ModelRef(name="toy")) == summary.model
     assert (root / "toy" / "2" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize(("min_images", "fitted_on"), [(1, 12), (10**6, 48)])
+def test_the_temperature_is_fitted_on_held_out_logits_when_there_are_enough(
+    tiny_search: list[Candidate],
+    labelled_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    min_images: int,
+    fitted_on: int,
+) -> None:
+    """Held-out logits are the shipped ensemble's own; out-of-fold ones are single models'."""
+    from worker import retrain
+    from worker.training.calibration import fit_temperature
+
+    monkeypatch.setattr(retrain, "MIN_CALIBRATION_IMAGES", min_images)
+    sizes: list[int] = []
+
+    def recording_fit(logits: np.ndarray, labels: np.ndarray) -> float:
+        sizes.append(len(labels))
+        return fit_temperature(logits, labels)
+
+    monkeypatch.setattr(retrain, "fit_temperature", recording_fit)
+    settings = Settings(model_registry=str(tmp_path / "registry"), device="cpu")
+    storage = Storage(lambda: pytest.fail("no S3 in this test"))
+    registry = ModelRegistry.from_settings(settings, storage)
+    summary = run_retrain(
+        retrain_request(labelled_folder, storage, settings), settings, storage, registry
+    )
+    assert summary.status == "succeeded"
+    assert sizes[0] == 48  # the CV metrics always use out-of-fold logits
+    assert sizes[1:] == ([fitted_on] if fitted_on == 12 else [])
