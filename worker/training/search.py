@@ -97,13 +97,19 @@ class Pace:
             self.probed_s += images_trained / speed_of(candidate)
             self.taken_s += seconds
 
+    def seconds_left(self) -> float | None:
+        """Training time left before the reserve; None without a deadline."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic() - self.reserve_s)
+
     def affordable_epochs(
         self, candidate: Candidate, units_left: float, n_train: int
     ) -> float | None:
         """Epochs of one unit out of ``units_left`` in the time left; None without a deadline."""
-        if self.deadline is None:
+        left = self.seconds_left()
+        if left is None:
             return None
-        left = max(0.0, self.deadline - time.monotonic() - self.reserve_s)
         return left / max(units_left, 1e-9) * self.images_per_s(candidate) / max(n_train, 1)
 
     def fit(self, candidate: Candidate, units_left: float, n_train: int) -> Candidate:
@@ -161,8 +167,8 @@ def plan_candidates(
     planned: list[Candidate] = []
     count = wanted
     for _ in range(2):
-        if pace.deadline is not None:
-            left = max(0.0, pace.deadline - time.monotonic() - pace.reserve_s)
+        left = pace.seconds_left()
+        if left is not None:
             unit_s = left / plan_units(count, folds)
         planned = []
         for candidate in space:
