@@ -14,10 +14,13 @@ import pytest
 import torch
 
 from tests.support.toy_images import bright_and_dark
+from worker.training import loop
 from worker.training.calibration import cross_fitted_probabilities, fit_temperature
 from worker.training.evaluate import evaluation_metrics, expected_calibration_error, softmax
 from worker.training.loop import (
+    PRECISE_BN_IMAGES,
     EpochReport,
+    Mix,
     Normalisation,
     TrainConfig,
     augment,
@@ -329,3 +332,56 @@ def test_teacher_views_hold_the_plain_and_the_mirrored_logits() -> None:
     assert views.dtype == np.float32
     assert np.allclose(views[:, 0], predict_logits(net, images, norm), atol=1e-6)
     assert np.allclose(views[:, 1], predict_logits(net, mirrored(images), norm), atol=1e-6)
+
+
+# --- mixup and precise BN on large sets ------------------------------------------------
+
+
+def test_mix_blends_each_image_with_its_partner_at_the_drawn_weight() -> None:
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 2, 2).contiguous()
+    mix = Mix(partner=torch.tensor([1, 0, 3, 2]), weight=0.75)
+    mixed = mix.images(x)
+    assert torch.allclose(mixed[0], torch.full((3, 2, 2), 0.25))  # 0.75 * 0 + 0.25 * 1
+    assert torch.allclose(mixed[2], torch.full((3, 2, 2), 2.25))  # 0.75 * 2 + 0.25 * 3
+    one_hot = torch.eye(2)[torch.tensor([0, 1, 0, 1])]
+    assert torch.allclose(mix.targets(one_hot)[0], torch.tensor([0.75, 0.25]))
+
+
+def test_mix_is_off_without_alpha_and_reproducible_with_it() -> None:
+    def draw(alpha: float, seed: int) -> Mix | None:
+        return Mix.draw(8, alpha, np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+
+    assert draw(0.0, 0) is None
+    first, again = draw(0.4, 0), draw(0.4, 0)
+    assert first is not None
+    assert again is not None
+    assert 0.0 <= first.weight <= 1.0
+    assert first.weight == again.weight
+    assert torch.equal(first.partner, again.partner)
+    assert sorted(first.partner.tolist()) == list(range(8))
+
+
+def test_the_mixed_loss_is_the_weighted_loss_of_both_labels() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    y = torch.tensor([0, 1])
+    mix = Mix(partner=torch.tensor([1, 0]), weight=0.3)
+    ce = torch.nn.functional.cross_entropy
+    expected = 0.3 * ce(logits, y) + 0.7 * ce(logits, y[mix.partner])
+    assert torch.allclose(loop._loss(logits, y, QUICK, None, mix), expected)
+
+
+def test_training_with_mixup_still_learns_a_separable_set() -> None:
+    images, labels = bright_and_dark(40)
+    cfg = replace(QUICK, epochs=10, mixup_alpha=0.4)
+    net = train_classifier(tiny_net(), images, labels, Normalisation.of(images), cfg)
+    assert accuracy(net, images, labels) > 0.9
+
+
+def test_precise_bn_on_a_large_set_uses_an_even_spread_of_it() -> None:
+    n = PRECISE_BN_IMAGES * 3
+    images = np.zeros((n, 2, 2, 3), dtype=np.uint8)
+    images[::3] = 200  # exactly the images an even spread of every third one picks
+    norm = Normalisation((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    bn = torch.nn.BatchNorm2d(3)
+    recalibrate_batchnorm(torch.nn.Sequential(bn), images, norm, batch_size=512)
+    assert torch.allclose(bn.running_mean, torch.full((3,), 200 / 255), atol=1e-5)

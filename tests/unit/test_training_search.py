@@ -46,7 +46,7 @@ def tiny_candidate(lr: float = 1e-2, seed: int = 0) -> Candidate:
 def tiny_search(monkeypatch: pytest.MonkeyPatch) -> list[Candidate]:
     """A search space of two tiny candidates, 5 epochs each, and no speed probing."""
     space = [tiny_candidate(), tiny_candidate(lr=3e-3)]
-    monkeypatch.setattr(search, "search_space", lambda seed=0: space)
+    monkeypatch.setattr(search, "search_space", lambda seed=0, n_train=0: space)
     monkeypatch.setitem(search.DEFAULT_EPOCHS, "synthnet", 5.0)
     monkeypatch.setattr(candidates, "training_speed", lambda *args: IMAGES_PER_SECOND)
     return space
@@ -173,6 +173,89 @@ def test_time_of_candidates_not_worth_screening_goes_to_the_others(
     planned, unit_s = search.plan_candidates([slow, fast], 2, 5, 1000, pace, seed=0)
     assert [c.family for c in planned] == ["synthnet"]
     assert unit_s == pytest.approx(100.0 / search.plan_units(1, 5), rel=0.02)
+
+
+def test_before_any_run_the_pace_assumes_its_prior_then_measures(
+    tiny_search: list[Candidate],
+) -> None:
+    candidate = tiny_candidate()
+    pace = search.Pace(deadline=time.monotonic() + 10.0, prior=1.25)
+    assert pace.images_per_s(candidate) == pytest.approx(IMAGES_PER_SECOND / 1.25)
+    pace.record(candidate, images_trained=1000, seconds=1.0)  # exactly as probed
+    assert pace.images_per_s(candidate) == pytest.approx(IMAGES_PER_SECOND)
+
+
+def test_pace_grows_a_run_only_when_asked_and_only_up_to_the_family_ceiling(
+    tiny_search: list[Candidate],
+) -> None:
+    candidate = tiny_candidate().with_epochs(10.0, seed=0)
+    pace = search.Pace(deadline=time.monotonic() + 10.0)  # a unit of 500 images: 20 epochs
+    assert pace.fit(candidate, 1.0, 500) == candidate  # screening runs never grow
+    grown = pace.fit(candidate, 1.0, 500, grow=True)
+    assert grown.config.epochs == pytest.approx(20.0, abs=0.3)
+    assert grown.config.lr == candidate.config.lr
+    nearly = candidate.with_epochs(19.0, seed=0)  # less than GROWTH_MIN more fits: keep it
+    assert pace.fit(nearly, 1.0, 500, grow=True) == nearly
+    ceiling = search.MAX_EPOCHS["synthnet"]
+    capped = pace.fit(candidate, 1.0, 10, grow=True)  # 1,000 epochs would fit
+    assert capped.config.epochs == ceiling
+
+
+def test_the_reserve_keeps_back_time_to_score_the_held_out_images(
+    tiny_search: list[Candidate],
+) -> None:
+    candidate = tiny_candidate()
+    deadline = time.monotonic() + 100.0
+    plain = search.Pace(deadline, reserve_s=5.0)
+    scoring = search.Pace(deadline, reserve_s=5.0, scored_images=40_000)
+    assert plain.reserve_for(candidate) == 5.0
+    expected = 5.0 + 40_000 / (search.INFERENCE_SPEEDUP * IMAGES_PER_SECOND)
+    assert scoring.reserve_for(candidate) == pytest.approx(expected)
+    assert plain.seconds_left(candidate) - scoring.seconds_left(candidate) == pytest.approx(
+        expected - 5.0, abs=0.05
+    )
+
+
+def test_plan_search_probes_only_the_candidates_it_may_train(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    probed: list[float] = []
+
+    def probe(family: str, spec: object, depth: int, batch_size: int, bf16: bool) -> float:
+        probed.append(batch_size)
+        return IMAGES_PER_SECOND
+
+    monkeypatch.setattr(candidates, "training_speed", probe)
+    space = [
+        Candidate("synthnet", TrainConfig(batch_size=size, bf16=False), TINY)
+        for size in (8, 16, 32)
+    ]
+    pace = search.Pace(deadline=time.monotonic() + 100.0)
+    planned, _ = search.plan_search(space, 1, 5, 1000, pace, seed=0)
+    assert [c.config.batch_size for c in planned] == [8]
+    assert set(probed) == {8}
+    planned, _ = search.plan_search(space, 2, 5, 1000, pace, seed=0)
+    assert [c.config.batch_size for c in planned] == [8, 16]
+    assert set(probed) == {8, 16}  # the third is never probed
+
+
+@pytest.mark.parametrize(
+    ("family", "epochs", "n_train", "long_run"),
+    [
+        ("lite0", 25.0, 1280, True),
+        ("lite0", 5.0, 1280, False),
+        ("lite0", 25.0, 24_000, False),
+        ("synthnet", 25.0, 1280, False),
+    ],
+)
+def test_long_runs_on_small_sets_get_mixup_and_wider_translations(
+    family: str, epochs: float, n_train: int, long_run: bool
+) -> None:
+    candidate = Candidate(family, TrainConfig(), TINY if family == "synthnet" else None)
+    config = candidate.with_epochs(epochs, seed=3, n_train=n_train).config
+    assert (config.epochs, config.seed) == (epochs, 3)
+    assert (config.mixup_alpha > 0) == long_run
+    assert config.translate == (4 if long_run else 2)
 
 
 # --- a whole retrain run -------------------------------------------------------------
@@ -303,3 +386,11 @@ def test_the_temperature_is_fitted_on_held_out_logits_when_there_are_enough(
     assert summary.status == "succeeded"
     assert sizes[0] == 48  # the CV metrics always use out-of-fold logits
     assert sizes[1:] == ([fitted_on] if fitted_on == 12 else [])
+
+
+def test_large_sets_try_the_whole_backbone_first() -> None:
+    def order(n_train: int) -> list[int]:
+        return [c.depth for c in search.search_space(0, n_train) if c.family == "lite0"]
+
+    assert order(1600) == [8, 9, 16]
+    assert order(24_000) == [16, 9, 8]

@@ -5,7 +5,8 @@ normalised per batch exactly as the inference engine does it, so training and
 serving see the same numbers. On CPUs with bf16 support, autocast to bf16
 trains about 1.5x faster (measured on this project's 2-core AMD EPYC).
 Optionally a teacher's logits (computed once per image and mirror state) are
-distilled into the network.
+distilled into the network, and mixup blends pairs of images for long runs on
+small data sets.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class TrainConfig:
     distill_temperature: float = 2.0
     precise_bn: bool = False
     """Recompute BatchNorm statistics with the final weights (see ``recalibrate_batchnorm``)."""
+    mixup_alpha: float = 0.0
+    """Mix pairs of images (weight ~ Beta(alpha, alpha)) and their losses; 0 turns it off."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -138,6 +141,7 @@ def train_classifier(
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = _one_cycle(optimizer, cfg, total_steps)
     use_bf16 = cfg.bf16 and bf16_supported()
+    mixing = np.random.default_rng(cfg.seed)
     started = time.monotonic()
     step = 0
     epoch = 0
@@ -150,10 +154,13 @@ def train_classifier(
             idx = order[start : start + cfg.batch_size]
             x, flipped = augment(norm.apply(x_all[idx]), cfg, generator)
             y = y_all[idx]
+            targets = soft[idx, flipped.long()] if soft is not None else None
+            mix = Mix.draw(len(idx), cfg.mixup_alpha, mixing, generator)
+            if mix is not None:
+                x = mix.images(x)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 logits = net(x)
-            targets = soft[idx, flipped.long()] if soft is not None else None
-            loss = _loss(logits.float(), y, cfg, targets)
+            loss = _loss(logits.float(), y, cfg, targets, mix)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -168,8 +175,41 @@ def train_classifier(
         if deadline is not None and time.monotonic() >= deadline:
             break
     if cfg.precise_bn:
-        recalibrate_batchnorm(net, images, norm, cfg.batch_size * 4)
+        recalibrate_batchnorm(net, images, norm, cfg.batch_size)
     return net.eval()
+
+
+@dataclass(frozen=True)
+class Mix:
+    """One mixup draw: each image blended with ``partner`` at weight ``weight``.
+
+    On 1,280 CIFAKE images and 25 epochs, mixup (alpha 0.4) raised a truncated
+    Lite0's dev-test accuracy by 0.3-0.4 points over the same run without it
+    (two seeds); at 5 epochs it made no difference, so the search turns it on
+    only for long runs.
+    """
+
+    partner: torch.Tensor
+    weight: float
+
+    @classmethod
+    def draw(
+        cls, n: int, alpha: float, rng: np.random.Generator, generator: torch.Generator
+    ) -> Mix | None:
+        if alpha <= 0 or n < 2:
+            return None
+        return cls(torch.randperm(n, generator=generator), float(rng.beta(alpha, alpha)))
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        mixed = self.weight * x + (1 - self.weight) * x[self.partner]
+        return mixed.contiguous(memory_format=torch.channels_last)
+
+    def targets(self, t: torch.Tensor) -> torch.Tensor:
+        return self.weight * t + (1 - self.weight) * t[self.partner]
+
+
+PRECISE_BN_IMAGES = 1024
+"""Enough images for stable BatchNorm means and variances; more only costs time."""
 
 
 @torch.no_grad()
@@ -184,8 +224,11 @@ def recalibrate_batchnorm(
     that eval-mode predictions can collapse onto one class: on 1,280 CIFAKE
     images, 3 epochs of truncated Lite0 scored 58-86 % without this pass and
     90-92 % with it. One forward pass over the training images costs about a
-    third of an epoch.
+    third of an epoch on small sets; on large ones an evenly spread
+    ``PRECISE_BN_IMAGES`` stand in for all of them.
     """
+    if len(images) > PRECISE_BN_IMAGES:
+        images = images[:: math.ceil(len(images) / PRECISE_BN_IMAGES)]
     layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not layers:
         return
@@ -218,17 +261,23 @@ def _one_cycle(
 
 
 def _loss(
-    logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, teacher_logits: torch.Tensor | None
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    teacher_logits: torch.Tensor | None,
+    mix: Mix | None = None,
 ) -> torch.Tensor:
     hard = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    if mix is not None:
+        partner = F.cross_entropy(logits, y[mix.partner], label_smoothing=cfg.label_smoothing)
+        hard = mix.weight * hard + (1 - mix.weight) * partner
     if teacher_logits is None or cfg.distill_alpha <= 0:
         return hard
     t = cfg.distill_temperature
-    soft = F.kl_div(
-        F.log_softmax(logits / t, dim=1),
-        F.softmax(teacher_logits.float() / t, dim=1),
-        reduction="batchmean",
-    ) * (t * t)
+    target = F.softmax(teacher_logits.float() / t, dim=1)
+    if mix is not None:
+        target = mix.targets(target)
+    soft = F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean") * (t * t)
     return cfg.distill_alpha * soft + (1 - cfg.distill_alpha) * hard
 
 
@@ -246,7 +295,7 @@ def predict_logits(
     norm: Normalisation,
     *,
     flip_tta: bool = False,
-    batch_size: int = 1024,
+    batch_size: int = 64,
 ) -> np.ndarray:
     """Logits for uint8 NHWC images (optionally averaged with the mirrored image's)."""
     net = net.eval()

@@ -19,7 +19,8 @@ The user gives a budget (seconds, trials, or both), never a learning rate:
 5. The plan is re-made before every run from the time actually left and the
    speed runs actually had (a ``Pace``): a run that would not fit gets fewer
    epochs with a complete schedule, instead of being cut off at the deadline
-   half-way through its learning-rate schedule.
+   half-way through its learning-rate schedule; after screening, a run that
+   finds more time than planned gets more epochs, so no budget is left unused.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ DEFAULT_EPOCHS = {"lite0": 8.0, "synthnet": 30.0}
 """Epochs per fit when only a trial count limits the search."""
 MAX_EPOCHS = {"lite0": 40.0, "synthnet": 60.0}
 """Beyond these more epochs stopped helping in our measurements; spare time is left unused."""
-DEFAULT_SCREENED = 3
+DEFAULT_SCREENED = 2
+"""Each screen costs most of a unit; two leave the winner's folds more epochs than three."""
 MIN_SCREEN_FOLD = 1000
 """Fold-0 screens need this many validation images to tell candidates apart: on fewer
 (e.g. 320 of 1,600) the standard error of an accuracy near 93 % is 1.4 points, more
@@ -68,17 +70,34 @@ class Trial:
     seconds: float
 
 
+PRIOR_CORRECTION = 1.1
+"""How much slower than probed the first run is assumed to go (1.05-1.15 measured here).
+Assuming the probe's speed made every later run of a 60 s retrain shrink by 10 %."""
+INFERENCE_SPEEDUP = 4.0
+"""Scoring an image costs at most a quarter of a training step on it (5x measured here at
+batch 64 for a truncated Lite0): what the reserve for scoring the held-out images uses."""
+GROWTH_MIN = 1.1
+"""A run gets more epochs only when at least this many times its plan now fits."""
+
+
 @dataclass
 class Pace:
     """Training speed here: the probe's figure, corrected by what finished runs took.
 
-    Probes time a few bare steps; real runs also augment, shuffle and predict
-    their validation fold, so they go slower than probed (by 10-30 % measured
-    here). Each finished run updates the correction, and every later plan uses it.
+    Probes time a few bare steps; real runs also augment, shuffle, recompute
+    BatchNorm statistics and predict their validation fold, so they go slower
+    than probed. Until a run has finished, ``prior`` stands in for the
+    correction; after that each finished run updates it, and every later plan
+    uses it.
     """
 
     deadline: float | None
     reserve_s: float = 0.0
+    """Seconds kept back after training whatever the model (export, report, gate)."""
+    scored_images: int = 0
+    """Forward passes the finished model makes after training (held-out images x views x
+    members): their time is kept back too, at the speed of the model being planned."""
+    prior: float = 1.0
     probed_s: float = 0.0
     """Seconds the finished runs would have taken at their probed speeds."""
     taken_s: float = 0.0
@@ -87,7 +106,7 @@ class Pace:
     @property
     def correction(self) -> float:
         """How much slower than probed runs go (cumulative, so one noisy run moves it little)."""
-        return self.taken_s / self.probed_s if self.probed_s > 0 else 1.0
+        return self.taken_s / self.probed_s if self.probed_s > 0 else self.prior
 
     def images_per_s(self, candidate: Candidate) -> float:
         return speed_of(candidate) / self.correction
@@ -97,28 +116,48 @@ class Pace:
             self.probed_s += images_trained / speed_of(candidate)
             self.taken_s += seconds
 
-    def seconds_left(self) -> float | None:
-        """Training time left before the reserve; None without a deadline."""
+    def reserve_for(self, candidate: Candidate) -> float:
+        """Seconds to keep back after training ``candidate``'s runs."""
+        if not self.scored_images:
+            return self.reserve_s
+        return self.reserve_s + self.scored_images / (INFERENCE_SPEEDUP * speed_of(candidate))
+
+    def seconds_left(self, candidate: Candidate) -> float | None:
+        """Training time left for ``candidate`` before its reserve; None without a deadline."""
         if self.deadline is None:
             return None
-        return max(0.0, self.deadline - time.monotonic() - self.reserve_s)
+        return max(0.0, self.deadline - time.monotonic() - self.reserve_for(candidate))
 
     def affordable_epochs(
         self, candidate: Candidate, units_left: float, n_train: int
     ) -> float | None:
         """Epochs of one unit out of ``units_left`` in the time left; None without a deadline."""
-        left = self.seconds_left()
+        left = self.seconds_left(candidate)
         if left is None:
             return None
         return left / max(units_left, 1e-9) * self.images_per_s(candidate) / max(n_train, 1)
 
-    def fit(self, candidate: Candidate, units_left: float, n_train: int) -> Candidate:
-        """``candidate`` with fewer epochs if its planned ones no longer fit (at least one)."""
+    def fit(
+        self, candidate: Candidate, units_left: float, n_train: int, *, grow: bool = False
+    ) -> Candidate:
+        """``candidate`` with the epochs that fit its share of the time left.
+
+        Fewer epochs (at least one) when its planned ones no longer fit; with
+        ``grow``, more (up to the family's ``MAX_EPOCHS``) when runs went faster
+        than planned. Screening runs do not grow, so they stay comparable.
+        """
         affordable = self.affordable_epochs(candidate, units_left, n_train)
         planned = candidate.config.epochs
-        if affordable is None or affordable >= planned:
+        if affordable is None:
             return candidate
-        return candidate.with_epochs(round(max(1.0, affordable), 1), candidate.config.seed)
+        if affordable < planned:
+            epochs = round(max(1.0, affordable), 1)
+            return candidate.with_epochs(epochs, candidate.config.seed, n_train)
+        ceiling = max(planned, MAX_EPOCHS[candidate.family])
+        if grow and affordable >= planned * GROWTH_MIN and planned < ceiling:
+            epochs = round(min(affordable, ceiling), 1)
+            return candidate.with_epochs(epochs, candidate.config.seed, n_train)
+        return candidate
 
 
 @dataclass
@@ -136,7 +175,7 @@ class SearchOutcome:
         """The winner as the final fit on ``n_train`` images runs it, in the time left."""
         if self.pace is None:
             return self.winner
-        return self.pace.fit(self.winner, 1.0, n_train)
+        return self.pace.fit(self.winner, 1.0, n_train, grow=True)
 
 
 def plan_epochs(candidate: Candidate, unit_s: float | None, n_train: int) -> float | None:
@@ -161,29 +200,49 @@ def plan_candidates(
     """Up to ``wanted`` candidates worth their unit, with epochs, and the unit's length.
 
     Planned twice: when fewer candidates are worth screening than wanted, the
-    time of the missing screens goes to the ones that remain.
+    time of the missing screens goes to the ones that remain. Empty when none
+    is worth its unit.
     """
     unit_s = None
     planned: list[Candidate] = []
     count = wanted
     for _ in range(2):
-        left = pace.seconds_left()
+        left = pace.seconds_left(space[0])
         if left is not None:
             unit_s = left / plan_units(count, folds)
         planned = []
         for candidate in space:
             epochs = plan_epochs(candidate, unit_s, n_train)
             if epochs is not None:
-                planned.append(candidate.with_epochs(round(epochs, 1), seed))
+                planned.append(candidate.with_epochs(round(epochs, 1), seed, n_train))
         planned = planned[:wanted]
         if not planned or len(planned) == count:
             break
         count = len(planned)
-    if not planned:  # even the fastest family is short of time: give it what there is
-        fastest = max(space, key=speed_of)
-        epochs = max(1.0, (unit_s or 0) * speed_of(fastest) / max(n_train, 1))
-        planned = [fastest.with_epochs(round(epochs, 1), seed)]
     return planned, unit_s
+
+
+def plan_search(
+    space: list[Candidate], wanted: int, folds: int, n_train: int, pace: Pace, seed: int
+) -> tuple[list[Candidate], float | None]:
+    """``plan_candidates`` over as few candidates as need probing, in order of merit.
+
+    A probe costs 0.5-2 s (it loads weights and warms up), which a 60 s budget
+    cannot spare for candidates it will not train: probing stops as soon as
+    ``wanted`` candidates are worth their unit.
+    """
+    planned: list[Candidate] = []
+    unit_s: float | None = None
+    for count in range(1, len(space) + 1):
+        planned, unit_s = plan_candidates(space[:count], wanted, folds, n_train, pace, seed)
+        if len(planned) >= wanted:
+            return planned, unit_s
+    if planned:
+        return planned, unit_s
+    # even the fastest family is short of time: give it what there is
+    fastest = max(space, key=speed_of)
+    epochs = max(1.0, (unit_s or 0) * speed_of(fastest) / max(n_train, 1))
+    return [fastest.with_epochs(round(epochs, 1), seed, n_train)], unit_s
 
 
 def search(
@@ -194,24 +253,24 @@ def search(
     *,
     deadline: float | None,
     reserve_s: float = 0.0,
+    scored_images: int = 0,
     on_progress: Callable[[str], None] | None = None,
 ) -> SearchOutcome:
     """Screen candidates, cross-validate the best, leave time for one final fit."""
     say = on_progress or (lambda message: None)
     fold_indices = stratified_folds(data.labels, folds, seed)
-    space = search_space(seed)
-    pace = Pace(deadline, reserve_s)
-    if deadline is not None:
-        for candidate in space:
-            speed_of(candidate)  # probe first: the plan below divides only the time left
+    space = search_space(seed, len(data))
+    pace = Pace(deadline, reserve_s, scored_images, prior=PRIOR_CORRECTION)
     wanted = screened_count(budget, folds, len(data), len(space))
-    planned, unit_s = plan_candidates(space, wanted, folds, len(data), pace, seed)
+    planned, unit_s = plan_search(space, wanted, folds, len(data), pace, seed)
     say(f"search: {len(planned)} candidates, unit {unit_s or 0:.1f} s, {folds}-fold CV")
     fold_share = (folds - 1) / folds
     fold_train = len(data) * fold_share
 
-    def train_fold(candidate: Candidate, index: int, units_left: float) -> FoldResult:
-        candidate = pace.fit(candidate, units_left, len(data))
+    def train_fold(
+        candidate: Candidate, index: int, units_left: float, grow: bool = False
+    ) -> FoldResult:
+        candidate = pace.fit(candidate, units_left, len(data), grow=grow)
         result = run_fold(candidate, data, fold_indices, index, deadline=pace.deadline)
         pace.record(candidate, candidate.config.epochs * fold_train, result.seconds)
         return result
@@ -230,11 +289,11 @@ def search(
             f"({result.seconds:.1f} s)"
         )
     best = max(range(len(planned)), key=lambda i: (trials[i].fold0_accuracy, -i))
-    winner = trials[best].candidate  # as it ran on fold 0, so every fold trains alike
+    winner = trials[best].candidate  # as it ran on fold 0; later runs may grow or shrink
     cv = CrossValidation(winner, fold_indices, [fold0[best]])
     for index in range(1, folds):
         units_left = (folds - index) * fold_share + 1
-        result = train_fold(winner, index, units_left)
+        result = train_fold(winner, index, units_left, grow=True)
         cv.results.append(result)
         say(
             f"cv fold {index + 1}/{folds}: accuracy {result.accuracy(data.labels):.4f} "
