@@ -71,9 +71,10 @@ class Candidate:
 
 LONG_RUN_EPOCHS = 12.0
 """From here on a Lite0 run on a small data set starts to overfit, and stronger augmentation
-pays: on 1,280 CIFAKE images at 25 epochs, 4 px translations instead of 2 px added 0.3
-points on dev-test and mixup another 0.3-0.4 (two seeds); at 5 epochs both were neutral
-or slightly worse, as the network has not yet fitted the images it has."""
+pays: on 1,280 CIFAKE images at 25 epochs, 4 px translations instead of 2 px added 0.3-0.45
+points on dev-test, and mixup +0.3 and +0.4 in two runs, -0.1 in a third (within noise;
+kept as it has not hurt); at 5 epochs both were neutral or slightly worse, as the network
+has not yet fitted the images it has (``scripts/bench_recipes.py``)."""
 LONG_RUN_MAX_IMAGES = 5000
 """Measured on small sets only: larger ones keep the plain augmentation."""
 
