@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from bench_retrain import DATA, sample_dataset
 
-from contracts import Preprocessing
 from worker.imaging import ImageLimits
 from worker.inputs import expand_paths
+from worker.retrain import preprocessing
 from worker.settings import Settings
 from worker.storage import Storage
 from worker.training.candidates import IMAGENET_NORMALISATION, search_space
@@ -55,9 +55,7 @@ def parse_changes(text: str) -> dict[str, object]:
 
 
 def load(path: Path, limits: ImageLimits, storage: Storage, settings: Settings) -> LabelledImages:
-    spec = Preprocessing(
-        input_size=(32, 32), mean=IMAGENET_NORMALISATION.mean, std=IMAGENET_NORMALISATION.std
-    )
+    spec = preprocessing()  # what a retrain decodes with
     items = expand_paths([str(path)], storage, settings.max_image_bytes, labels_from_folders=True)
     data, _ = load_labelled_images(items, spec, limits, label_aliases={"fake": "synthetic"})
     return data

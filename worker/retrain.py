@@ -133,11 +133,11 @@ def run_retrain(
         request.seed,
         deadline=deadline,
         reserve_s=EXPORT_RESERVE_S,
-        scored_images=len(holdout) * 2 * (request.folds + 1),
+        scored_images=len(holdout) * 2 * (request.folds + 1),  # MeanLogits: 2 views, k+1 nets
         on_progress=say,
     )
     final_candidate = outcome.final_candidate(len(pool))
-    reserve = outcome.pace.reserve_for(final_candidate) if outcome.pace else 0.0
+    reserve = outcome.pace.reserve_for(final_candidate) if outcome.pace else EXPORT_RESERVE_S
     final_net = final_candidate.build(len(pool.label_names))
     fit_started = time.monotonic()
     train_classifier(

@@ -118,8 +118,6 @@ class Pace:
 
     def reserve_for(self, candidate: Candidate) -> float:
         """Seconds to keep back after training ``candidate``'s runs."""
-        if not self.scored_images:
-            return self.reserve_s
         return self.reserve_s + self.scored_images / (INFERENCE_SPEEDUP * speed_of(candidate))
 
     def seconds_left(self, candidate: Candidate) -> float | None:
@@ -150,14 +148,14 @@ class Pace:
         planned = candidate.config.epochs
         if affordable is None:
             return candidate
-        if affordable < planned:
-            epochs = round(max(1.0, affordable), 1)
-            return candidate.with_epochs(epochs, candidate.config.seed, n_train)
         ceiling = max(planned, MAX_EPOCHS[candidate.family])
-        if grow and affordable >= planned * GROWTH_MIN and planned < ceiling:
-            epochs = round(min(affordable, ceiling), 1)
-            return candidate.with_epochs(epochs, candidate.config.seed, n_train)
-        return candidate
+        if affordable < planned:
+            epochs = max(1.0, affordable)
+        elif grow and affordable >= planned * GROWTH_MIN and planned < ceiling:
+            epochs = min(affordable, ceiling)
+        else:
+            return candidate
+        return candidate.with_epochs(round(epochs, 1), candidate.config.seed, n_train)
 
 
 @dataclass
