@@ -147,6 +147,7 @@ def run_retrain(
         IMAGENET_NORMALISATION,
         final_candidate.config,
         deadline=None if deadline is None else deadline - reserve,
+        prefix=outcome.prefixes.for_candidate(final_candidate) if outcome.prefixes else None,
     )
     say(
         f"final fit on {len(pool)} images, epochs={final_candidate.config.epochs} "

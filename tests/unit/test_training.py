@@ -15,17 +15,15 @@ import torch
 
 from tests.support.toy_images import bright_and_dark
 from worker.training import loop
+from worker.training.augment import Mix, augment, shift
+from worker.training.batchnorm import PRECISE_BN_IMAGES, recalibrate_batchnorm
 from worker.training.calibration import cross_fitted_probabilities, fit_temperature
 from worker.training.evaluate import evaluation_metrics, expected_calibration_error, softmax
 from worker.training.loop import (
-    PRECISE_BN_IMAGES,
     EpochReport,
-    Mix,
     Normalisation,
     TrainConfig,
-    augment,
     predict_logits,
-    recalibrate_batchnorm,
     teacher_views,
     train_classifier,
 )
@@ -214,7 +212,7 @@ def test_recalibrate_batchnorm_sets_the_statistics_of_the_given_images() -> None
     conv, bn = torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)
     net = torch.nn.Sequential(conv, bn)
     bn.running_mean.fill_(7.0)  # stale statistics from somewhere else
-    recalibrate_batchnorm(net, images, norm, batch_size=10)  # four batches, equal weight
+    recalibrate_batchnorm(net, images, norm.apply, batch_size=10)  # four batches, equal weight
     with torch.no_grad():
         features = conv(norm.apply(torch.from_numpy(images)))
     assert torch.allclose(bn.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
@@ -289,8 +287,7 @@ def test_distillation_follows_the_teacher_over_the_labels() -> None:
 def test_augment_reports_exactly_which_images_it_mirrored() -> None:
     ramp = torch.arange(8, dtype=torch.float32)  # left-right asymmetric
     x = ramp.expand(32, 3, 8, 8).clone()
-    cfg = TrainConfig(flip=True, translate=0)
-    out, flipped = augment(x, cfg, torch.Generator().manual_seed(0))
+    out, flipped = augment(x, True, 0, torch.Generator().manual_seed(0))
     assert flipped.dtype == torch.bool
     assert flipped.any()
     assert not flipped.all()
@@ -301,11 +298,26 @@ def test_augment_reports_exactly_which_images_it_mirrored() -> None:
 
 def test_augment_without_flips_mirrors_nothing_and_keeps_the_shape() -> None:
     x = torch.randn(6, 3, 8, 8)
-    cfg = TrainConfig(flip=False, translate=2)
-    out, flipped = augment(x, cfg, torch.Generator().manual_seed(0))
+    out, flipped = augment(x, False, 2, torch.Generator().manual_seed(0))
     assert not flipped.any()
     assert out.shape == x.shape
-    assert torch.equal(augment(x, TrainConfig(flip=False, translate=0), torch.Generator())[0], x)
+    assert torch.equal(augment(x, False, 0, torch.Generator())[0], x)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_shift_moves_images_by_at_most_pad_cells(per_image: bool) -> None:
+    x = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8).expand(16, 2, 8, 8).contiguous()
+    moved = shift(x, 1, torch.Generator().manual_seed(0), per_image=per_image)
+    assert moved.shape == x.shape
+    centre = moved[:, :, 3:5, 3:5]  # far from the borders: a plain offset of the original
+    offsets = {
+        (int(d) // 8, int(d) % 8)
+        for d in (centre[:, 0, 0, 0] - x[0, 0, 3, 3] + 9).tolist()  # +9: (row+1, col+1)
+    }
+    assert offsets <= {(r, c) for r in range(3) for c in range(3)}
+    assert torch.equal(moved[:, 0], moved[:, 1])  # every channel moves together
+    distinct = {tuple(m[0].flatten().tolist()) for m in moved}
+    assert (len(distinct) > 1) == per_image  # one offset per batch, or one per image
 
 
 def test_flip_tta_averages_the_image_and_its_mirror_image() -> None:
@@ -383,5 +395,5 @@ def test_precise_bn_on_a_large_set_uses_an_even_spread_of_it() -> None:
     images[::3] = 200  # exactly the images an even spread of every third one picks
     norm = Normalisation((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     bn = torch.nn.BatchNorm2d(3)
-    recalibrate_batchnorm(torch.nn.Sequential(bn), images, norm, batch_size=512)
+    recalibrate_batchnorm(torch.nn.Sequential(bn), images, norm.apply, batch_size=512)
     assert torch.allclose(bn.running_mean, torch.full((3,), 200 / 255), atol=1e-5)

@@ -221,7 +221,9 @@ def test_plan_search_probes_only_the_candidates_it_may_train(
 ) -> None:
     probed: list[float] = []
 
-    def probe(family: str, spec: object, depth: int, batch_size: int, bf16: bool) -> float:
+    def probe(
+        family: str, spec: object, depth: int, batch_size: int, bf16: bool, frozen: int = 0
+    ) -> float:
         probed.append(batch_size)
         return IMAGES_PER_SECOND
 
@@ -392,5 +394,25 @@ def test_large_sets_try_the_whole_backbone_first() -> None:
     def order(n_train: int) -> list[int]:
         return [c.depth for c in search.search_space(0, n_train) if c.family == "lite0"]
 
-    assert order(1600) == [8, 9, 16]
+    assert order(1600) == [8, 8, 9, 16]
     assert order(24_000) == [16, 9, 8]
+    assert all(c.config.frozen_blocks == 0 for c in search.search_space(0, 24_000))
+
+
+@pytest.mark.parametrize(("seconds", "frozen"), [(60.0, True), (600.0, False)])
+def test_small_sets_freeze_the_first_blocks_when_time_is_short(
+    monkeypatch: pytest.MonkeyPatch, seconds: float, frozen: bool
+) -> None:
+    """1,600 images at 250 (whole) / 650 (frozen) images/s: 60 s buys the whole network
+    under UNFROZEN_MIN_EPOCHS epochs per unit, 600 s more than that."""
+
+    def probe(family: str, spec: object, depth: int, size: int, bf16: bool, blocks: int = 0):
+        return 650.0 if blocks else 250.0
+
+    monkeypatch.setattr(candidates, "training_speed", probe)
+    space = search.search_space(0, 1600)
+    pace = search.Pace(deadline=time.monotonic() + seconds)
+    planned, _ = search.plan_search(space, 1, 5, 1600, pace, seed=0)
+    assert (planned[0].config.frozen_blocks == candidates.FROZEN_BLOCKS) == frozen
+    assert planned[0].depth == 8
+    assert planned[0].config.epochs >= (3.0 if frozen else candidates.UNFROZEN_MIN_EPOCHS)

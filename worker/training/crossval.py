@@ -18,6 +18,7 @@ from torch import nn
 
 from worker.training.candidates import IMAGENET_NORMALISATION, Candidate
 from worker.training.dataset import LabelledImages
+from worker.training.frozen import PrefixCache
 from worker.training.loop import predict_logits, train_classifier
 
 
@@ -70,8 +71,12 @@ def run_fold(
     *,
     deadline: float | None = None,
     on_epoch: Callable[..., None] | None = None,
+    prefix: PrefixCache | None = None,
 ) -> FoldResult:
-    """Train on every fold but ``index``; predict fold ``index``."""
+    """Train on every fold but ``index``; predict fold ``index``.
+
+    ``prefix`` caches a frozen prefix's features of all of ``data`` (see ``PrefixCache``).
+    """
     started = time.monotonic()
     validation = folds[index]
     train = np.concatenate([f for i, f in enumerate(folds) if i != index])
@@ -84,6 +89,7 @@ def run_fold(
         candidate.config,
         deadline=deadline,
         on_epoch=on_epoch,
+        prefix=prefix.rows(train) if prefix is not None else None,
     )
     logits = predict_logits(net, data.images[validation], IMAGENET_NORMALISATION, flip_tta=True)
     return FoldResult(candidate, index, validation, logits, net, time.monotonic() - started)

@@ -99,11 +99,30 @@ class EfficientNetLite0(nn.Module):
         self.head = nn.Linear(features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(self.prefix_features(x, 0), 0)
+
+    def prefix_features(self, x: torch.Tensor, blocks: int) -> torch.Tensor:
+        """The stem and the first ``blocks`` blocks: what a frozen prefix computes once."""
         x = self.act(self._bn0(self._conv_stem(x)))
-        x = self._blocks(x)
+        for block in self._blocks[:blocks]:
+            x = block(x)
+        return x
+
+    def forward_from(self, x: torch.Tensor, blocks: int) -> torch.Tensor:
+        """The rest of the network on ``prefix_features(..., blocks)``."""
+        for block in self._blocks[blocks:]:
+            x = block(x)
         if self.full:
             x = self.act(self._bn1(self._conv_head(x)))
         return self.head(self.dropout(self.pool(x).flatten(1)))
+
+    def split_modules(self, blocks: int) -> tuple[nn.Module, nn.Module]:
+        """(prefix, rest) as module lists sharing this network's layers."""
+        prefix = nn.ModuleList([self._conv_stem, self._bn0, *self._blocks[:blocks]])
+        rest = [*self._blocks[blocks:], self.head]
+        if self.full:
+            rest += [self._conv_head, self._bn1]
+        return prefix, nn.ModuleList(rest)
 
     def load_imagenet(self) -> EfficientNetLite0:
         """Load the ImageNet backbone weights (everything but the classifier)."""

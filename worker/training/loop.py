@@ -21,6 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worker.training.augment import Mix, augment
+from worker.training.batchnorm import recalibrate_batchnorm
+from worker.training.frozen import PrefixCache
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -42,6 +46,11 @@ class TrainConfig:
     """Recompute BatchNorm statistics with the final weights (see ``recalibrate_batchnorm``)."""
     mixup_alpha: float = 0.0
     """Mix pairs of images (weight ~ Beta(alpha, alpha)) and their losses; 0 turns it off."""
+    shift_per_image: bool = False
+    """One random translation per image instead of one per batch."""
+    frozen_blocks: int = 0
+    """Freeze the stem and this many first blocks and train the rest on their cached
+    outputs (``worker.training.frozen``); 0 trains the whole network."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -80,26 +89,6 @@ class EpochReport:
     elapsed_s: float
 
 
-def augment(
-    x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random horizontal flips and small translations (reflect padding).
-
-    Returns the batch and which images were mirrored (for the teacher's view).
-    """
-    flip = torch.zeros(x.shape[0], dtype=torch.bool)
-    if cfg.flip:
-        flip = torch.rand(x.shape[0], generator=generator) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-    if cfg.translate > 0:
-        pad = cfg.translate
-        h, w = x.shape[2], x.shape[3]
-        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        i, j = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-        x = padded[:, :, i : i + h, j : j + w]
-    return x.contiguous(memory_format=torch.channels_last), flip
-
-
 def bf16_supported() -> bool:
     """Whether this CPU has native bf16 arithmetic (else autocast would be slower)."""
     return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and (
@@ -117,6 +106,7 @@ def train_classifier(
     teacher_logits: np.ndarray | None = None,
     deadline: float | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    prefix: PrefixCache | None = None,
 ) -> nn.Module:
     """Train ``net`` in place on uint8 NHWC ``images``; returns it in eval mode.
 
@@ -124,6 +114,9 @@ def train_classifier(
     distillation: each image is also pulled towards the teacher's logits for the
     same mirror state (small translations are assumed not to change them, which
     lets a large teacher be run once instead of on every step).
+
+    ``prefix`` is a ``PrefixCache`` of exactly ``images`` for ``cfg.frozen_blocks``
+    (shared by the runs of a search); without it a frozen prefix caches its own.
 
     ``deadline`` (a ``time.monotonic()`` value) shortens the run: the schedule is
     planned for ``cfg.epochs`` but training stops at the deadline, so budgeted
@@ -136,9 +129,16 @@ def train_classifier(
     n = len(y_all)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = max(1, round(cfg.epochs * steps_per_epoch))
-    net = net.to(memory_format=torch.channels_last).train()
+    net = net.to(memory_format=torch.channels_last)
+    frozen = None
+    if cfg.frozen_blocks:
+        if prefix is None or prefix.blocks != cfg.frozen_blocks:
+            prefix = PrefixCache.build(net, images, norm.apply, cfg.frozen_blocks)  # type: ignore[arg-type]
+        frozen = prefix.attach(net)  # type: ignore[arg-type]
+    net.train()
     soft = torch.from_numpy(teacher_logits) if teacher_logits is not None else None
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = _one_cycle(optimizer, cfg, total_steps)
     use_bf16 = cfg.bf16 and bf16_supported()
     mixing = np.random.default_rng(cfg.seed)
@@ -152,14 +152,25 @@ def train_classifier(
             if step >= total_steps or (deadline is not None and time.monotonic() >= deadline):
                 break
             idx = order[start : start + cfg.batch_size]
-            x, flipped = augment(norm.apply(x_all[idx]), cfg, generator)
+            if frozen is not None:
+                x, flipped = frozen.batch(
+                    idx, cfg.flip, cfg.translate, generator, per_image=cfg.shift_per_image
+                )
+            else:
+                x, flipped = augment(
+                    norm.apply(x_all[idx]),
+                    cfg.flip,
+                    cfg.translate,
+                    generator,
+                    per_image=cfg.shift_per_image,
+                )
             y = y_all[idx]
             targets = soft[idx, flipped.long()] if soft is not None else None
             mix = Mix.draw(len(idx), cfg.mixup_alpha, mixing, generator)
             if mix is not None:
                 x = mix.images(x)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                logits = net(x)
+                logits = frozen.forward(x) if frozen is not None else net(x)
             loss = _loss(logits.float(), y, cfg, targets, mix)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -174,73 +185,13 @@ def train_classifier(
             )
         if deadline is not None and time.monotonic() >= deadline:
             break
-    if cfg.precise_bn:
-        recalibrate_batchnorm(net, images, norm, cfg.batch_size)
+    if frozen is not None:
+        if cfg.precise_bn:
+            frozen.recalibrate_rest()
+        frozen.release()
+    elif cfg.precise_bn:
+        recalibrate_batchnorm(net, images, norm.apply, cfg.batch_size)
     return net.eval()
-
-
-@dataclass(frozen=True)
-class Mix:
-    """One mixup draw: each image blended with ``partner`` at weight ``weight``.
-
-    On 1,280 CIFAKE images and 25 epochs, mixup (alpha 0.4) changed a truncated
-    Lite0's dev-test accuracy by +0.3, +0.4 and -0.1 points in three runs; at 5
-    epochs it made no difference, so the search turns it on only for long runs.
-    """
-
-    partner: torch.Tensor
-    weight: float
-
-    @classmethod
-    def draw(
-        cls, n: int, alpha: float, rng: np.random.Generator, generator: torch.Generator
-    ) -> Mix | None:
-        if alpha <= 0 or n < 2:
-            return None
-        return cls(torch.randperm(n, generator=generator), float(rng.beta(alpha, alpha)))
-
-    def images(self, x: torch.Tensor) -> torch.Tensor:
-        mixed = self.weight * x + (1 - self.weight) * x[self.partner]
-        return mixed.contiguous(memory_format=torch.channels_last)
-
-    def targets(self, t: torch.Tensor) -> torch.Tensor:
-        return self.weight * t + (1 - self.weight) * t[self.partner]
-
-
-PRECISE_BN_IMAGES = 1024
-"""Enough images for stable BatchNorm means and variances; more only costs time."""
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(
-    net: nn.Module, images: np.ndarray, norm: Normalisation, batch_size: int = 256
-) -> None:
-    """Set every BatchNorm's running statistics to their mean over ``images`` ("precise BN").
-
-    Running statistics are a moving average over the last few dozen steps,
-    taken while the weights were still moving. In short fine-tuning runs (a few
-    hundred steps from ImageNet statistics) they lag the final weights so much
-    that eval-mode predictions can collapse onto one class: on 1,280 CIFAKE
-    images, 3 epochs of truncated Lite0 scored 58-86 % without this pass and
-    90-92 % with it. One forward pass over the training images costs about a
-    third of an epoch on small sets; on large ones an evenly spread
-    ``PRECISE_BN_IMAGES`` stand in for all of them.
-    """
-    if len(images) > PRECISE_BN_IMAGES:
-        images = images[:: math.ceil(len(images) / PRECISE_BN_IMAGES)]
-    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not layers:
-        return
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over every batch below
-    net.train()
-    for start in range(0, len(images), batch_size):
-        net(norm.apply(torch.from_numpy(images[start : start + batch_size])))
-    for layer, momentum in zip(layers, momenta, strict=True):
-        layer.momentum = momentum
-    net.eval()
 
 
 def _one_cycle(

@@ -29,11 +29,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from contracts import Budget
 from worker.logs import get_logger
-from worker.training.candidates import Candidate, search_space, speed_of
+from worker.training.candidates import IMAGENET_NORMALISATION, Candidate, search_space, speed_of
 from worker.training.crossval import CrossValidation, FoldResult, run_fold
 from worker.training.dataset import LabelledImages
+from worker.training.frozen import PrefixCache
 from worker.training.splits import stratified_folds
 
 log = get_logger(__name__)
@@ -159,6 +162,30 @@ class Pace:
 
 
 @dataclass
+class PrefixCaches:
+    """Frozen-prefix features of the training pool, one cache per prefix depth, built once.
+
+    Every run of a candidate with a frozen prefix (each fold, the final fit)
+    takes its rows of the same cache. Its BatchNorm statistics come from the
+    whole pool, so a fold's validation images contribute their (unlabelled)
+    pixel statistics to its frozen layers; the held-out images never do.
+    """
+
+    images: np.ndarray
+    built: dict[int, PrefixCache] = field(default_factory=dict)
+
+    def for_candidate(self, candidate: Candidate) -> PrefixCache | None:
+        blocks = candidate.config.frozen_blocks
+        if not blocks:
+            return None
+        if blocks not in self.built:
+            net = candidate.build(2)
+            normalise = IMAGENET_NORMALISATION.apply
+            self.built[blocks] = PrefixCache.build(net, self.images, normalise, blocks)  # type: ignore[arg-type]
+        return self.built[blocks]
+
+
+@dataclass
 class SearchOutcome:
     """The winner with its complete cross-validation, and what else was tried."""
 
@@ -168,6 +195,7 @@ class SearchOutcome:
     unit_s: float | None
     screened: list[str] = field(default_factory=list)
     pace: Pace | None = None
+    prefixes: PrefixCaches | None = None
 
     def final_candidate(self, n_train: int) -> Candidate:
         """The winner as the final fit on ``n_train`` images runs it, in the time left."""
@@ -181,7 +209,7 @@ def plan_epochs(candidate: Candidate, unit_s: float | None, n_train: int) -> flo
     if unit_s is None:
         return DEFAULT_EPOCHS[candidate.family]
     epochs = unit_s * speed_of(candidate) / max(n_train, 1)
-    if epochs < MIN_EPOCHS[candidate.family]:
+    if epochs < (candidate.min_epochs or MIN_EPOCHS[candidate.family]):
         return None
     return min(epochs, MAX_EPOCHS[candidate.family])
 
@@ -264,12 +292,16 @@ def search(
     say(f"search: {len(planned)} candidates, unit {unit_s or 0:.1f} s, {folds}-fold CV")
     fold_share = (folds - 1) / folds
     fold_train = len(data) * fold_share
+    prefixes = PrefixCaches(data.images)
 
     def train_fold(
         candidate: Candidate, index: int, units_left: float, grow: bool = False
     ) -> FoldResult:
+        prefix = prefixes.for_candidate(candidate)  # built before planning the run's epochs
         candidate = pace.fit(candidate, units_left, len(data), grow=grow)
-        result = run_fold(candidate, data, fold_indices, index, deadline=pace.deadline)
+        result = run_fold(
+            candidate, data, fold_indices, index, deadline=pace.deadline, prefix=prefix
+        )
         pace.record(candidate, candidate.config.epochs * fold_train, result.seconds)
         return result
 
@@ -298,4 +330,6 @@ def search(
             f"epochs={result.candidate.config.epochs} ({result.seconds:.1f} s)"
         )
     log.info("search_done", winner=winner.describe(), cv_accuracy=cv.mean_accuracy(data.labels))
-    return SearchOutcome(winner, cv, trials, unit_s, [c.describe() for c in planned], pace)
+    return SearchOutcome(
+        winner, cv, trials, unit_s, [c.describe() for c in planned], pace, prefixes
+    )
