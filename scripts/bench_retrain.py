@@ -98,7 +98,9 @@ def main() -> None:
                 settings,
                 storage,
                 registry,
-                on_progress=lambda m, b=budget: print(f"  [{b:g} s] {m}", flush=True),
+                on_progress=lambda m, b=budget, t0=started: print(
+                    f"  [{b:g} s budget, at {time.monotonic() - t0:5.1f} s] {m}", flush=True
+                ),
             )
             wall = time.monotonic() - started
             assert summary.model is not None
@@ -109,7 +111,7 @@ def main() -> None:
                     test_items, card.preprocessing, limits, label_aliases={"fake": "synthetic"}
                 )
             probs = np.concatenate(
-                [model.predict_proba(test.images[i : i + 512]) for i in range(0, len(test), 512)]
+                [model.predict_proba(test.images[i : i + 64]) for i in range(0, len(test), 64)]
             )
             index = [card.labels.index(name) for name in test.label_names]
             metrics = evaluation_metrics(probs[:, index], test.labels, test.label_names, "dev-test")

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = torch.device("cpu")
 TINY = SynthNetSpec(widths=(16,), blocks=(1,))
 LABELS = ["real", "synthetic"]
+SCORING_PER_SECOND = 4000.0
 IMAGES_PER_SECOND = 1000.0
 
 
@@ -49,6 +50,7 @@ def tiny_search(monkeypatch: pytest.MonkeyPatch) -> list[Candidate]:
     monkeypatch.setattr(search, "search_space", lambda seed=0, n_train=0: space)
     monkeypatch.setitem(search.DEFAULT_EPOCHS, "synthnet", 5.0)
     monkeypatch.setattr(candidates, "training_speed", lambda *args: IMAGES_PER_SECOND)
+    monkeypatch.setattr(candidates, "scoring_speed", lambda *args: SCORING_PER_SECOND)
     return space
 
 
@@ -209,11 +211,30 @@ def test_the_reserve_keeps_back_time_to_score_the_held_out_images(
     plain = search.Pace(deadline, reserve_s=5.0)
     scoring = search.Pace(deadline, reserve_s=5.0, scored_images=40_000)
     assert plain.reserve_for(candidate) == 5.0
-    expected = 5.0 + 40_000 / (search.INFERENCE_SPEEDUP * IMAGES_PER_SECOND)
+    expected = 5.0 + 40_000 / SCORING_PER_SECOND
     assert scoring.reserve_for(candidate) == pytest.approx(expected)
     assert plain.seconds_left(candidate) - scoring.seconds_left(candidate) == pytest.approx(
         expected - 5.0, abs=0.05
     )
+    scoring.record_scoring(forward_passes=640, seconds=0.5)  # a fold's validation, measured
+    assert scoring.reserve_for(candidate) == pytest.approx(5.0 + 40_000 / 1280)
+
+
+def test_a_frozen_candidate_reserves_scoring_at_the_whole_network_s_speed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inference runs the frozen prefix too: the fast frozen training speed must not count."""
+    monkeypatch.setattr(candidates, "training_speed", lambda *args: 650.0)
+    monkeypatch.setattr(candidates, "scoring_speed", lambda family, spec, depth: 1000.0)
+    frozen = search.search_space(0, 1600)[1]
+    assert frozen.config.frozen_blocks
+    pace = search.Pace(time.monotonic() + 100.0, scored_images=4000)
+    assert pace.reserve_for(frozen) == pytest.approx(4.0)
+    assert search.Pace(time.monotonic() + 100.0).reserve_for(frozen) == 0.0
+
+
+def test_the_scoring_probe_measures_a_positive_rate() -> None:
+    assert candidates.scoring_speed("synthnet", TINY, 16) > 0
 
 
 def test_plan_search_probes_only_the_candidates_it_may_train(
@@ -415,4 +436,5 @@ def test_small_sets_freeze_the_first_blocks_when_time_is_short(
     planned, _ = search.plan_search(space, 1, 5, 1600, pace, seed=0)
     assert (planned[0].config.frozen_blocks == candidates.FROZEN_BLOCKS) == frozen
     assert planned[0].depth == 8
-    assert planned[0].config.epochs >= (3.0 if frozen else candidates.UNFROZEN_MIN_EPOCHS)
+    minimum = candidates.FROZEN_MIN_EPOCHS if frozen else candidates.UNFROZEN_MIN_EPOCHS
+    assert planned[0].config.epochs >= minimum

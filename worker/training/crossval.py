@@ -32,6 +32,8 @@ class FoldResult:
     logits: np.ndarray
     model: nn.Module
     seconds: float
+    predict_seconds: float = 0.0
+    """Of ``seconds``, the time predicting the validation images (each with its mirror)."""
 
     def accuracy(self, labels: np.ndarray) -> float:
         return float((self.logits.argmax(1) == labels[self.validation]).mean())
@@ -91,5 +93,9 @@ def run_fold(
         on_epoch=on_epoch,
         prefix=prefix.rows(train) if prefix is not None else None,
     )
+    predicting = time.monotonic()
     logits = predict_logits(net, data.images[validation], IMAGENET_NORMALISATION, flip_tta=True)
-    return FoldResult(candidate, index, validation, logits, net, time.monotonic() - started)
+    done = time.monotonic()
+    return FoldResult(
+        candidate, index, validation, logits, net, done - started, predict_seconds=done - predicting
+    )

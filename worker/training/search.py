@@ -33,7 +33,13 @@ import numpy as np
 
 from contracts import Budget
 from worker.logs import get_logger
-from worker.training.candidates import IMAGENET_NORMALISATION, Candidate, search_space, speed_of
+from worker.training.candidates import (
+    IMAGENET_NORMALISATION,
+    Candidate,
+    scoring_speed_of,
+    search_space,
+    speed_of,
+)
 from worker.training.crossval import CrossValidation, FoldResult, run_fold
 from worker.training.dataset import LabelledImages
 from worker.training.frozen import PrefixCache
@@ -76,9 +82,6 @@ class Trial:
 PRIOR_CORRECTION = 1.1
 """How much slower than probed the first run is assumed to go (1.05-1.15 measured here).
 Assuming the probe's speed made every later run of a 60 s retrain shrink by 10 %."""
-INFERENCE_SPEEDUP = 4.0
-"""Scoring an image costs at most a quarter of a training step on it (5x measured here at
-batch 64 for a truncated Lite0): what the reserve for scoring the held-out images uses."""
 GROWTH_MIN = 1.1
 """A run gets more epochs only when at least this many times its plan now fits."""
 
@@ -105,6 +108,8 @@ class Pace:
     """Seconds the finished runs would have taken at their probed speeds."""
     taken_s: float = 0.0
     """Seconds they took."""
+    scoring_rate: float | None = None
+    """Forward passes per second the finished runs' validation predictions made."""
 
     @property
     def correction(self) -> float:
@@ -119,9 +124,21 @@ class Pace:
             self.probed_s += images_trained / speed_of(candidate)
             self.taken_s += seconds
 
+    def record_scoring(self, forward_passes: int, seconds: float) -> None:
+        if forward_passes > 0 and seconds > 0:
+            self.scoring_rate = forward_passes / seconds
+
     def reserve_for(self, candidate: Candidate) -> float:
-        """Seconds to keep back after training ``candidate``'s runs."""
-        return self.reserve_s + self.scored_images / (INFERENCE_SPEEDUP * speed_of(candidate))
+        """Seconds to keep back after training ``candidate``'s runs.
+
+        Scoring goes at the rate the last validation predictions had; before
+        any, at the rate a probe of the whole network measures (a frozen
+        prefix trains faster but scores no faster).
+        """
+        if not self.scored_images:
+            return self.reserve_s
+        rate = self.scoring_rate or scoring_speed_of(candidate)
+        return self.reserve_s + self.scored_images / rate
 
     def seconds_left(self, candidate: Candidate) -> float | None:
         """Training time left for ``candidate`` before its reserve; None without a deadline."""
@@ -303,6 +320,7 @@ def search(
             candidate, data, fold_indices, index, deadline=pace.deadline, prefix=prefix
         )
         pace.record(candidate, candidate.config.epochs * fold_train, result.seconds)
+        pace.record_scoring(2 * len(result.validation), result.predict_seconds)
         return result
 
     trials: list[Trial] = []
