@@ -12,7 +12,7 @@ import torch
 
 from contracts import Calibration, ErrorCode, ModelCard, Preprocessing
 from tests.support.toy_images import bright_and_dark, png_bytes
-from worker.errors import ChecksumMismatch, ImageFailure
+from worker.errors import ChecksumMismatch, ImageFailure, ModelError
 from worker.imaging import ImageLimits
 from worker.inference.model import load_model
 from worker.inputs import InputItem
@@ -168,3 +168,17 @@ def test_a_card_with_another_sha256_is_refused(
         load_model(card.model_copy(update={"sha256": "0" * 64}), model_bytes, CPU)
     with pytest.raises(ChecksumMismatch):
         load_model(card, model_bytes[:-1], CPU)
+
+
+class _BranchesOnItsInput(torch.nn.Module):
+    """Data-dependent control flow: a trace on zeros records only one branch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.abs().sum() > 0):
+            return x.mean(dim=(2, 3)) * 2
+        return -x.mean(dim=(2, 3))
+
+
+def test_an_export_that_does_not_reproduce_the_network_is_refused() -> None:
+    with pytest.raises(ModelError, match="does not reproduce"):
+        export_torchscript(_BranchesOnItsInput(), (8, 8))
