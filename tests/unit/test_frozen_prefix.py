@@ -129,3 +129,12 @@ def test_a_search_builds_one_cache_per_prefix_depth() -> None:
     assert first is not None
     assert first.views.shape[0] == 8
     assert caches.for_candidate(frozen) is first
+
+
+def test_freezing_a_network_without_a_prefix_is_a_clear_error() -> None:
+    from worker.training.nets import SynthNet, SynthNetSpec
+
+    images, labels = images_and_labels(8)
+    net = SynthNet(SynthNetSpec(widths=(8,), blocks=(1,)), num_classes=2)
+    with pytest.raises(ValueError, match="needs a network with a prefix"):
+        train_classifier(net, images, labels, NORM, FROZEN)

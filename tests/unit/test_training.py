@@ -397,3 +397,16 @@ def test_precise_bn_on_a_large_set_uses_an_even_spread_of_it() -> None:
     bn = torch.nn.BatchNorm2d(3)
     recalibrate_batchnorm(torch.nn.Sequential(bn), images, norm.apply, batch_size=512)
     assert torch.allclose(bn.running_mean, torch.full((3,), 200 / 255), atol=1e-5)
+
+
+def test_a_run_with_a_deadline_stops_in_time_for_its_precise_bn_pass() -> None:
+    now = time.monotonic()
+    # 100 images took 10 s so far: 1,000 precise-BN images cost about 50 s more
+    with_bn = loop._Clock(deadline=now + 20.0, started=now - 10.0, bn_images=1000)
+    with_bn.trained(100)
+    assert with_bn.out_of_time()
+    without_bn = loop._Clock(deadline=now + 20.0, started=now - 10.0, bn_images=0)
+    without_bn.trained(100)
+    assert not without_bn.out_of_time()
+    assert not loop._Clock(deadline=None, started=now, bn_images=1000).out_of_time()
+    assert loop._Clock(deadline=now - 1.0, started=now, bn_images=0).out_of_time()

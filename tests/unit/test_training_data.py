@@ -179,6 +179,7 @@ class _BranchesOnItsInput(torch.nn.Module):
         return -x.mean(dim=(2, 3))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_an_export_that_does_not_reproduce_the_network_is_refused() -> None:
     with pytest.raises(ModelError, match="does not reproduce"):
         export_torchscript(_BranchesOnItsInput(), (8, 8))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from worker.training.augment import random_flips, shift
 from worker.training.batchnorm import precise_batchnorm, spread
 
 
+@runtime_checkable
 class Splittable(Protocol):
     """A network that can run its first blocks and the rest separately."""
 

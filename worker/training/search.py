@@ -42,7 +42,7 @@ from worker.training.candidates import (
 )
 from worker.training.crossval import CrossValidation, FoldResult, run_fold
 from worker.training.dataset import LabelledImages
-from worker.training.frozen import PrefixCache
+from worker.training.frozen import PrefixCache, Splittable
 from worker.training.splits import stratified_folds
 
 log = get_logger(__name__)
@@ -198,7 +198,9 @@ class PrefixCaches:
         if blocks not in self.built:
             net = candidate.build(2)
             normalise = IMAGENET_NORMALISATION.apply
-            self.built[blocks] = PrefixCache.build(net, self.images, normalise, blocks)  # type: ignore[arg-type]
+            if not isinstance(net, Splittable):
+                raise ValueError(f"{candidate.describe()} cannot freeze a prefix")
+            self.built[blocks] = PrefixCache.build(net, self.images, normalise, blocks)
         return self.built[blocks]
 
 
