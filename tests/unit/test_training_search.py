@@ -438,3 +438,39 @@ def test_small_sets_freeze_the_first_blocks_when_time_is_short(
     assert planned[0].depth == 8
     minimum = candidates.FROZEN_MIN_EPOCHS if frozen else candidates.UNFROZEN_MIN_EPOCHS
     assert planned[0].config.epochs >= minimum
+
+
+def test_a_frozen_prefix_retrain_caches_once_and_exports_a_working_model(
+    labelled_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both folds and the final fit train on one cache; the export runs the whole network."""
+    from worker.training import frozen as frozen_module
+
+    config = TrainConfig(
+        lr=1e-2, batch_size=8, bf16=False, precise_bn=True, frozen_blocks=3, shift_per_image=True
+    )
+    candidate = Candidate("lite0", config, depth=4)
+    monkeypatch.setattr(search, "search_space", lambda seed=0, n_train=0: [candidate])
+    monkeypatch.setitem(search.DEFAULT_EPOCHS, "lite0", 4.0)
+    builds: list[int] = []
+    original = frozen_module.PrefixCache.build.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type, net: object, images: np.ndarray, *args: object) -> object:
+        builds.append(len(images))
+        return original(cls, net, images, *args)
+
+    monkeypatch.setattr(frozen_module.PrefixCache, "build", classmethod(counted))
+    settings = Settings(model_registry=str(tmp_path / "registry"), device="cpu")
+    storage = Storage(lambda: pytest.fail("no S3 in this test"))
+    registry = ModelRegistry.from_settings(settings, storage)
+
+    request = retrain_request(labelled_folder, storage, settings)
+    summary = run_retrain(request, settings, storage, registry)
+    assert builds == [48]  # the whole training pool, once
+    card, model_bytes = registry.read_model(summary.model)
+    assert card.training is not None
+    assert card.training.hyperparameters["config"]["frozen_blocks"] == 3
+    assert "frozen=3" in card.training.hyperparameters["winner"]
+    images, labels = bright_and_dark(20, size=32, seed=9)
+    loaded = load_model(card, model_bytes, CPU)
+    assert (loaded.predict_proba(images).argmax(1) == labels).mean() >= 0.9
