@@ -105,18 +105,6 @@ def test_a_frozen_run_predicts_from_the_same_features_it_trained_on() -> None:
     assert np.allclose(predict_logits(net, images, NORM), from_cache.numpy(), atol=5e-2)
 
 
-def test_the_cache_scores_like_the_whole_network_with_flip_tta() -> None:
-    """Fold validation predictions come from the cache: they must equal the exported model's."""
-    images, labels = images_and_labels(16)
-    net = small_net()
-    cache = PrefixCache.build(small_net(), images, NORM.apply, 3)
-    train_classifier(net, images, labels, NORM, replace(FROZEN, epochs=1), prefix=cache)
-    from_cache = cache.rows(np.arange(4, 12)).predict_with_flips(net)
-    whole = predict_logits(net, images[4:12], NORM, flip_tta=True)
-    assert from_cache.shape == (8, 2)
-    assert np.allclose(from_cache, whole, atol=5e-2)
-
-
 def test_a_given_cache_is_used_instead_of_building_one(monkeypatch: pytest.MonkeyPatch) -> None:
     images, labels = images_and_labels(16)
     cache = PrefixCache.build(small_net(), images, NORM.apply, 3)

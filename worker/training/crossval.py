@@ -18,7 +18,7 @@ from torch import nn
 
 from worker.training.candidates import IMAGENET_NORMALISATION, Candidate
 from worker.training.dataset import LabelledImages
-from worker.training.frozen import PrefixCache, Splittable
+from worker.training.frozen import PrefixCache
 from worker.training.loop import predict_logits, train_classifier
 
 
@@ -33,8 +33,7 @@ class FoldResult:
     model: nn.Module
     seconds: float
     predict_seconds: float = 0.0
-    """Of ``seconds``, the time the whole network took to predict the validation images (each
-    with its mirror); 0 when they were scored from a frozen prefix's cache instead."""
+    """Of ``seconds``, the time predicting the validation images (each with its mirror)."""
 
     def accuracy(self, labels: np.ndarray) -> float:
         return float((self.logits.argmax(1) == labels[self.validation]).mean())
@@ -95,18 +94,8 @@ def run_fold(
         prefix=prefix.rows(train) if prefix is not None else None,
     )
     predicting = time.monotonic()
-    if prefix is not None and isinstance(net, Splittable):
-        logits = prefix.rows(validation).predict_with_flips(net)
-        predict_seconds = 0.0  # the rest of the network only: not the rate scoring will have
-    else:
-        logits = predict_logits(net, data.images[validation], IMAGENET_NORMALISATION, flip_tta=True)
-        predict_seconds = time.monotonic() - predicting
+    logits = predict_logits(net, data.images[validation], IMAGENET_NORMALISATION, flip_tta=True)
+    done = time.monotonic()
     return FoldResult(
-        candidate,
-        index,
-        validation,
-        logits,
-        net,
-        time.monotonic() - started,
-        predict_seconds=predict_seconds,
+        candidate, index, validation, logits, net, done - started, predict_seconds=done - predicting
     )

@@ -92,25 +92,6 @@ class PrefixCache:
         views = self.views[torch.from_numpy(indices)]
         return PrefixCache(self.blocks, views, self.stride, self.state)
 
-    @torch.inference_mode()
-    def predict_with_flips(self, net: Splittable) -> np.ndarray:
-        """Logits of ``net`` (trained on this prefix) averaged over each image and its mirror.
-
-        What ``predict_logits(..., flip_tta=True)`` computes with the whole network,
-        without running the frozen prefix again.
-        """
-        if isinstance(net, nn.Module):
-            net.eval()
-        out = []
-        for start in range(0, len(self.views), BATCH):
-            views = self.views[start : start + BATCH].float()
-            plain, mirror = (
-                net.forward_from(v.contiguous(memory_format=torch.channels_last), self.blocks)
-                for v in (views[:, 0], views[:, 1])
-            )
-            out.append(((plain + mirror) / 2).float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
-
     def attach(self, net: Splittable) -> FrozenPrefix:
         """Load the prefix state into ``net`` and freeze it; train the rest with the result."""
         prefix, _ = net.split_modules(self.blocks)
