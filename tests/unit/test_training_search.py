@@ -426,7 +426,7 @@ def test_small_sets_freeze_more_of_the_network_the_shorter_the_time(
 ) -> None:
     """1,600 images at 250 (whole), 650 (three blocks frozen) and 1,500 images/s (five): 60 s
     buys the three-block freeze under its 8 epochs per unit, 200 s buys it more but the whole
-    network under 10, 600 s buys the whole network more than 10."""
+    network under 8, 600 s buys the whole network more than 8."""
     speeds = {0: 250.0, 3: 650.0, 5: 1500.0}
 
     def probe(family: str, spec: object, depth: int, size: int, bf16: bool, blocks: int = 0):
