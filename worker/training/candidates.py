@@ -11,6 +11,7 @@ training speed on this machine.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 
@@ -191,20 +192,14 @@ def training_speed(
     optimizer = torch.optim.AdamW(trainable, lr=1e-3)
     y = torch.from_numpy(np.arange(batch_size) % 2)
 
-    def step() -> float:
-        started = time.perf_counter()
+    def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(forward(x).float(), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        return time.perf_counter() - started
 
-    warm_until = time.perf_counter() + PROBE_WARMUP_S
-    step()
-    while time.perf_counter() < warm_until:
-        step()
-    return batch_size / float(np.median([step() for _ in range(3)]))
+    return _images_per_second(step, batch_size, PROBE_WARMUP_S)
 
 
 SCORING_BATCH = 64
@@ -222,17 +217,26 @@ def scoring_speed(family: str, spec: SynthNetSpec | None, depth: int) -> float:
     net = net.to(memory_format=torch.channels_last)
     x = torch.randn(SCORING_BATCH, 3, 32, 32).contiguous(memory_format=torch.channels_last)
 
-    def batch() -> float:
+    @torch.inference_mode()
+    def batch() -> None:
+        net(x)
+
+    return _images_per_second(batch, SCORING_BATCH, PROBE_WARMUP_S / 2)
+
+
+def _images_per_second(run: Callable[[], None], images: int, warmup_s: float) -> float:
+    """``images`` over the median time of three calls of ``run``, after ``warmup_s`` of calls."""
+
+    def timed() -> float:
         started = time.perf_counter()
-        with torch.inference_mode():
-            net(x)
+        run()
         return time.perf_counter() - started
 
-    warm_until = time.perf_counter() + PROBE_WARMUP_S / 2
-    batch()
+    warm_until = time.perf_counter() + warmup_s
+    timed()
     while time.perf_counter() < warm_until:
-        batch()
-    return SCORING_BATCH / float(np.median([batch() for _ in range(3)]))
+        timed()
+    return images / float(np.median([timed() for _ in range(3)]))
 
 
 def scoring_speed_of(candidate: Candidate) -> float:

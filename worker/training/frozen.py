@@ -22,7 +22,7 @@ and the final fit take their rows of one cache instead of recomputing it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from worker.training.augment import random_flips, shift
-from worker.training.batchnorm import precise_batchnorm, spread
+from worker.training.batchnorm import normalised_batches, precise_batchnorm, spread
 
 
 @runtime_checkable
@@ -74,14 +74,16 @@ class PrefixCache:
         """Fit the BatchNorm statistics of the first ``blocks`` blocks to ``images``, then cache."""
         prefix, _ = net.split_modules(blocks)
         precise_batchnorm(
-            prefix, lambda x: net.prefix_features(x, blocks), _batches(spread(images), normalise)
+            prefix,
+            lambda x: net.prefix_features(x, blocks),
+            normalised_batches(spread(images), normalise, BATCH),
         )
         with torch.inference_mode():
             parts = [
                 torch.stack(
                     [net.prefix_features(x, blocks), net.prefix_features(x.flip(3), blocks)], 1
                 ).to(FEATURE_DTYPE)
-                for x in _batches(images, normalise)
+                for x in normalised_batches(images, normalise, BATCH)
             ]
         views = torch.cat(parts)
         state = {k: v.detach().clone() for k, v in prefix.state_dict().items()}
@@ -147,10 +149,3 @@ class FrozenPrefix:
         prefix, _ = self.net.split_modules(self.cache.blocks)
         prefix.requires_grad_(True)
         prefix.eval()
-
-
-def _batches(
-    images: np.ndarray, normalise: Callable[[torch.Tensor], torch.Tensor]
-) -> Iterator[torch.Tensor]:
-    for start in range(0, len(images), BATCH):
-        yield normalise(torch.from_numpy(np.ascontiguousarray(images[start : start + BATCH])))

@@ -197,9 +197,9 @@ class PrefixCaches:
             return None
         if blocks not in self.built:
             net = candidate.build(2)
-            normalise = IMAGENET_NORMALISATION.apply
             if not isinstance(net, Splittable):
                 raise ValueError(f"{candidate.describe()} cannot freeze a prefix")
+            normalise = IMAGENET_NORMALISATION.apply
             self.built[blocks] = PrefixCache.build(net, self.images, normalise, blocks)
         return self.built[blocks]
 
