@@ -131,6 +131,12 @@ class FrozenPrefix:
         """The trainable rest of the network on cached features."""
         return self.net.forward_from(x, self.cache.blocks)
 
+    def finish(self, precise_bn: bool) -> None:
+        """After the last step: precise BN for the trained layers, then unfreeze."""
+        if precise_bn:
+            self.recalibrate_rest()
+        self.release()
+
     def recalibrate_rest(self) -> None:
         """Precise BN for the trained layers, fed the cached (unmirrored) features."""
         _, rest = self.net.split_modules(self.cache.blocks)

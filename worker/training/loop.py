@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -125,19 +126,12 @@ def train_classifier(
     """
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    x_all = torch.from_numpy(images)
     y_all = torch.from_numpy(labels.astype(np.int64))
     n = len(y_all)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = max(1, round(cfg.epochs * steps_per_epoch))
     net = net.to(memory_format=torch.channels_last)
-    frozen = None
-    if cfg.frozen_blocks:
-        if not isinstance(net, Splittable):
-            raise ValueError(f"frozen_blocks needs a network with a prefix, not {type(net)}")
-        if prefix is None or prefix.blocks != cfg.frozen_blocks:
-            prefix = PrefixCache.build(net, images, norm.apply, cfg.frozen_blocks)
-        frozen = prefix.attach(net)
+    source = _batch_source(net, images, norm, cfg, prefix)
     net.train()
     soft = torch.from_numpy(teacher_logits) if teacher_logits is not None else None
     trainable = [p for p in net.parameters() if p.requires_grad]
@@ -156,25 +150,16 @@ def train_classifier(
             if step >= total_steps or clock.out_of_time():
                 break
             idx = order[start : start + cfg.batch_size]
-            if frozen is not None:
-                x, flipped = frozen.batch(
-                    idx, cfg.flip, cfg.translate, generator, per_image=cfg.shift_per_image
-                )
-            else:
-                x, flipped = augment(
-                    norm.apply(x_all[idx]),
-                    cfg.flip,
-                    cfg.translate,
-                    generator,
-                    per_image=cfg.shift_per_image,
-                )
+            x, flipped = source.batch(
+                idx, cfg.flip, cfg.translate, generator, per_image=cfg.shift_per_image
+            )
             y = y_all[idx]
             targets = soft[idx, flipped.long()] if soft is not None else None
             mix = Mix.draw(len(idx), cfg.mixup_alpha, mixing, generator)
             if mix is not None:
                 x = mix.images(x)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                logits = frozen.forward(x) if frozen is not None else net(x)
+                logits = source.forward(x)
             loss = _loss(logits.float(), y, cfg, targets, mix)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,13 +175,72 @@ def train_classifier(
             )
         if clock.out_of_time():
             break
-    if frozen is not None:
-        if cfg.precise_bn:
-            frozen.recalibrate_rest()
-        frozen.release()
-    elif cfg.precise_bn:
-        recalibrate_batchnorm(net, images, norm.apply, cfg.batch_size)
+    source.finish(cfg.precise_bn)
     return net.eval()
+
+
+class BatchSource(Protocol):
+    """Where a training step's inputs come from and which layers they go through."""
+
+    def batch(
+        self,
+        idx: torch.Tensor,
+        flip: bool,
+        translate: int,
+        generator: torch.Generator,
+        *,
+        per_image: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def finish(self, precise_bn: bool) -> None: ...
+
+
+@dataclass
+class _WholeNetwork:
+    """The plain case: augmented images through every layer."""
+
+    net: nn.Module
+    images: np.ndarray
+    norm: Normalisation
+    batch_size: int
+
+    def batch(
+        self,
+        idx: torch.Tensor,
+        flip: bool,
+        translate: int,
+        generator: torch.Generator,
+        *,
+        per_image: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.norm.apply(torch.from_numpy(self.images)[idx])
+        return augment(x, flip, translate, generator, per_image=per_image)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def finish(self, precise_bn: bool) -> None:
+        if precise_bn:
+            recalibrate_batchnorm(self.net, self.images, self.norm.apply, self.batch_size)
+
+
+def _batch_source(
+    net: nn.Module,
+    images: np.ndarray,
+    norm: Normalisation,
+    cfg: TrainConfig,
+    prefix: PrefixCache | None,
+) -> BatchSource:
+    """The whole network on images, or the layers after a frozen prefix on its cache."""
+    if not cfg.frozen_blocks:
+        return _WholeNetwork(net, images, norm, cfg.batch_size)
+    if not isinstance(net, Splittable):
+        raise ValueError(f"frozen_blocks needs a network with a prefix, not {type(net)}")
+    if prefix is None or prefix.blocks != cfg.frozen_blocks:
+        prefix = PrefixCache.build(net, images, norm.apply, cfg.frozen_blocks)
+    return prefix.attach(net)
 
 
 PRECISE_BN_COST = 0.5
