@@ -20,6 +20,7 @@ import random
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from worker.imaging import ImageLimits
 from worker.inference.device import select_device
 from worker.inference.model import load_model
 from worker.inference.registry import ModelRegistry
-from worker.inputs import expand_paths
+from worker.inputs import InputItem, expand_paths
 from worker.retrain import RetrainRequest, run_retrain
 from worker.settings import Settings
 from worker.storage import Storage
@@ -40,13 +41,24 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake"
 FOLDERS = {"REAL": "real", "FAKE": "synthetic"}
 
 
-def sample_dataset(tar: Path, per_class: int, seed: int, target: Path) -> Path:
-    """Copy ``per_class`` images of each class (0 = all) into ``target/<label>/``."""
+def sample_dataset(
+    tar: Path, per_class: int, seed: int, target: Path, *, besides: Path | None = None
+) -> Path:
+    """Copy ``per_class`` images of each class (0 = all) into ``target/<label>/``.
+
+    ``besides``: a folder sampled before, whose images are left out (a held-out set
+    disjoint from the training sample).
+    """
     with tarfile.open(tar) as archive:
         members = [m for m in archive.getmembers() if m.isfile()]
         rng = random.Random(seed)
         for source, label in FOLDERS.items():
-            chosen = [m for m in members if m.name.startswith(source + "/")]
+            taken = {p.name for p in (besides / label).iterdir()} if besides else set()
+            chosen = [
+                m
+                for m in members
+                if m.name.startswith(source + "/") and Path(m.name).name not in taken
+            ]
             if per_class:
                 chosen = rng.sample(chosen, per_class)
             (target / label).mkdir(parents=True, exist_ok=True)
@@ -64,6 +76,13 @@ def main() -> None:
     parser.add_argument("--budgets", default="60,300", help="seconds, comma-separated")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--holdout-per-class",
+        type=int,
+        default=0,
+        help="held-out images per class from the rest of dev-train.tar; 0 = carve the "
+        "held-out split out of the training sample (the default retrain)",
+    )
     args = parser.parse_args()
     settings = Settings()
     storage = Storage.from_settings(settings)
@@ -71,21 +90,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         train_dir = sample_dataset(DATA / "dev-train.tar", args.per_class, args.seed, root / "data")
+        holdout_dir = None
+        if args.holdout_per_class:
+            holdout_dir = sample_dataset(
+                DATA / "dev-train.tar",
+                args.holdout_per_class,
+                args.seed + 1,
+                root / "holdout",
+                besides=train_dir,
+            )
         test_items = expand_paths(
             [str(DATA / "dev-test.tar")],
             storage,
             settings.max_image_bytes,
             labels_from_folders=True,
         )
+
+        def folder_items(folder: Path) -> Iterator[InputItem]:
+            return expand_paths(
+                [str(folder)], storage, settings.max_image_bytes, labels_from_folders=True
+            )
+
         rows = []
         for budget in (float(b) for b in args.budgets.split(",")):
             registry = ModelRegistry(storage, [str(root / f"registry-{budget:g}")])
             request = RetrainRequest(
                 model="bench",
                 source=f"dev-train.tar sample ({args.per_class} per class)",
-                items=lambda: expand_paths(
-                    [str(train_dir)], storage, settings.max_image_bytes, labels_from_folders=True
-                ),
+                items=lambda: folder_items(train_dir),
+                holdout_items=None if holdout_dir is None else lambda: folder_items(holdout_dir),
                 budget=Budget(seconds=budget),
                 folds=args.folds,
                 promotion=PromotionPolicy(mode="always"),

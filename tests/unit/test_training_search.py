@@ -225,7 +225,7 @@ def test_a_frozen_candidate_reserves_scoring_at_the_whole_network_s_speed(
 ) -> None:
     """Inference runs the frozen prefix too: the fast frozen training speed must not count."""
     monkeypatch.setattr(candidates, "training_speed", lambda *args: 650.0)
-    monkeypatch.setattr(candidates, "scoring_speed", lambda family, spec, depth: 1000.0)
+    monkeypatch.setattr(candidates, "scoring_speed", lambda family, spec, depth, neck: 1000.0)
     frozen = search.search_space(0, 1600)[1]
     assert frozen.config.frozen_blocks
     pace = search.Pace(time.monotonic() + 100.0, scored_images=4000)
@@ -243,7 +243,13 @@ def test_plan_search_probes_only_the_candidates_it_may_train(
     probed: list[float] = []
 
     def probe(
-        family: str, spec: object, depth: int, batch_size: int, bf16: bool, frozen: int = 0
+        family: str,
+        spec: object,
+        depth: int,
+        batch_size: int,
+        bf16: bool,
+        frozen: int = 0,
+        neck: int = 0,
     ) -> float:
         probed.append(batch_size)
         return IMAGES_PER_SECOND
@@ -429,7 +435,9 @@ def test_small_sets_freeze_more_of_the_network_the_shorter_the_time(
     network under 8, 600 s buys the whole network more than 8."""
     speeds = {0: 250.0, 3: 650.0, 5: 1500.0}
 
-    def probe(family: str, spec: object, depth: int, size: int, bf16: bool, blocks: int = 0):
+    def probe(
+        family: str, spec: object, depth: int, size: int, bf16: bool, blocks: int = 0, neck: int = 0
+    ):
         return speeds[blocks]
 
     monkeypatch.setattr(candidates, "training_speed", probe)

@@ -73,10 +73,21 @@ class EfficientNetLite0(nn.Module):
     1280-channel head convolution when it is below 16): at 32 px the late
     blocks work on 1x1 and 2x2 maps and hold two thirds of the parameters, so a
     truncated network is 4x smaller and faster for little accuracy.
+
+    ``neck`` gives a truncated network a fresh 1x1 convolution to that many
+    channels (BatchNorm, ReLU6) before pooling, the role the 1280-channel head
+    plays in the whole one: pooling the 80 channels of block 8 straight into the
+    classifier left it a linear model of 80 averages. At 4x4 it costs under 1 %
+    of a step; on 1,280 CIFAKE images it added 0.2 points (``NECK_CHANNELS``).
     """
 
     def __init__(
-        self, num_classes: int, stem_stride: int = 2, dropout: float = 0.2, depth: int = 16
+        self,
+        num_classes: int,
+        stem_stride: int = 2,
+        dropout: float = 0.2,
+        depth: int = 16,
+        neck: int = 0,
     ) -> None:
         super().__init__()
         self.full = depth >= 16
@@ -93,6 +104,14 @@ class EfficientNetLite0(nn.Module):
         if self.full:
             self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
             self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self.neck = None
+        if neck and not self.full:
+            self.neck = nn.Sequential(
+                nn.Conv2d(features, neck, 1, bias=False),
+                nn.BatchNorm2d(neck, **_BN),
+                nn.ReLU6(inplace=True),
+            )
+            features = neck
         self.act = nn.ReLU6(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
@@ -114,6 +133,8 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         if self.full:
             x = self.act(self._bn1(self._conv_head(x)))
+        if self.neck is not None:
+            x = self.neck(x)
         return self.head(self.dropout(self.pool(x).flatten(1)))
 
     def split_modules(self, blocks: int) -> tuple[nn.Module, nn.Module]:
@@ -122,6 +143,8 @@ class EfficientNetLite0(nn.Module):
         rest = [*self._blocks[blocks:], self.head]
         if self.full:
             rest += [self._conv_head, self._bn1]
+        if self.neck is not None:
+            rest.append(self.neck)
         return prefix, nn.ModuleList(rest)
 
     def load_imagenet(self) -> EfficientNetLite0:
@@ -130,6 +153,7 @@ class EfficientNetLite0(nn.Module):
         wanted = set(self.state_dict())
         backbone = {k: v for k, v in state.items() if k in wanted and not k.startswith("_fc.")}
         missing, unexpected = self.load_state_dict(backbone, strict=False)
-        if unexpected or set(missing) - {"head.weight", "head.bias"}:
+        fresh = {k for k in missing if k.startswith(("head.", "neck."))}
+        if unexpected or set(missing) - fresh:
             raise RuntimeError(f"ImageNet weights do not fit: {missing=} {unexpected=}")
         return self
