@@ -3,11 +3,15 @@
     python scripts/bench_retrain.py        # 1,000 + 1,000 images, budgets 60 s and 5 min
     python scripts/bench_retrain.py --per-class 1000 --budgets 30,60,120,300
     python scripts/bench_retrain.py --per-class 0 --budgets 7200   # all of dev-train.tar
+    python scripts/bench_retrain.py --holdout-per-class 200   # all 2,000 train, 400 more held out
 
 For each budget: a fresh retrain (search + k-fold CV + final fit + export +
 report, exactly ``synthdetect train``) on a seeded sample of ``dev-train.tar``
 that starts from scratch or from ImageNet weights (never from a model that has
-seen CIFAKE), into a throw-away registry; then the published model is scored
+seen CIFAKE), into a throw-away registry; the retrain holds out a fifth of the
+sample, or with ``--holdout-per-class`` takes its held-out set (a held-out prefix, as a
+``RetrainJob`` may name one) from other images of ``dev-train.tar`` and trains on the
+whole sample. Then the published model is scored
 on all of ``dev-test.tar``. Prints one row per budget: wall time, what the
 search chose, CV accuracy, dev-test accuracy per class and ECE.
 """
