@@ -4,12 +4,13 @@
     python scripts/bench_recipes.py --runs "3:base,3:lr=3e-3,3:batch_size=32" --seeds 1,2,3
     python scripts/bench_recipes.py --runs "25:translate=4,25:translate=4+mixup_alpha=0.4"
 
-Each run is ``EPOCHS:CHANGES``: the first search candidate (Lite0 cut after block
-8, ImageNet start) trained for EPOCHS on fold 0 of the training pool a retrain
-would use (a seeded 1,000 + 1,000 sample of ``dev-train.tar``, 400 held out,
-5 folds: 1,280 images), with ``CHANGES`` (``field=value`` of ``TrainConfig``,
-joined by ``+``; ``base`` for none) applied on top of what the search would set.
-Prints the training time, fold-0 accuracy and accuracy with flip TTA on a fixed
+Each run is ``EPOCHS:CHANGES``: a search candidate (``--candidate``; by default
+the first, Lite0 cut after block 8 with its neck, ImageNet start) trained for
+EPOCHS on fold 0 of the training pool a retrain would use (a seeded 1,000 +
+1,000 sample of ``dev-train.tar``, 400 held out, 5 folds: 1,280 images), with
+``CHANGES`` (``field=value`` of ``TrainConfig``, joined by ``+``; ``base`` for
+none) applied on top of what the search would set. Prints the training time,
+fold-0 accuracy and accuracy with flip TTA on a fixed
 subset of ``dev-test.tar``, one JSON line per run and seed.
 """
 
@@ -72,6 +73,13 @@ def main() -> None:
     parser.add_argument("--runs", default=DEFAULT_RUNS)
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--test-images", type=int, default=5000)
+    parser.add_argument(
+        "--candidate",
+        type=int,
+        default=0,
+        help="which small-set search candidate the changes apply to (0: the whole cut after "
+        "block 8 with its neck, 1: three blocks frozen, 2: five blocks frozen)",
+    )
     args = parser.parse_args()
     settings = Settings()
     storage = Storage.from_settings(settings)
@@ -91,7 +99,7 @@ def main() -> None:
         train = pool.subset(np.setdiff1d(np.arange(len(pool)), validation))
         for run in args.runs.split(","):
             epochs, changes = run.split(":", 1)
-            candidate = search_space(seed, len(train))[0].with_epochs(
+            candidate = search_space(seed, len(train))[args.candidate].with_epochs(
                 float(epochs), seed, len(train)
             )
             config = replace(candidate.config, **parse_changes(changes))
