@@ -483,3 +483,14 @@ def test_a_frozen_prefix_retrain_caches_once_and_exports_a_working_model(
     images, labels = bright_and_dark(20, size=32, seed=9)
     loaded = load_model(card, model_bytes, CPU)
     assert (loaded.predict_proba(images).argmax(1) == labels).mean() >= 0.9
+
+
+def test_each_search_probes_the_speed_afresh() -> None:
+    """A worker runs many retrains; one probe taken while the CPU was busy must not steer all."""
+    candidates.forget_probed_speeds()
+    candidates.training_speed("synthnet", TINY, 16, 8, False)
+    candidates.scoring_speed("synthnet", TINY, 16)
+    assert candidates.training_speed.cache_info().currsize == 1
+    candidates.forget_probed_speeds()
+    assert candidates.training_speed.cache_info().currsize == 0
+    assert candidates.scoring_speed.cache_info().currsize == 0

@@ -253,6 +253,20 @@ def _images_per_second(run: Callable[[], None], images: int, warmup_s: float) ->
     return images / float(np.median([timed() for _ in range(3)]))
 
 
+def forget_probed_speeds() -> None:
+    """Make the next ``speed_of`` / ``scoring_speed_of`` probe again; called as a search starts.
+
+    Probes are cached so one search asks each question once, but a retrain worker
+    lives for many retrains and a probe taken while the CPU was busy would steer all
+    of them: a 300 s benchmark retrain that reused the probes of a 60 s one in the
+    same process found the whole network under its 8 epochs per unit and trained a
+    frozen variant instead.
+    """
+    for probe in (training_speed, scoring_speed):
+        if hasattr(probe, "cache_clear"):  # absent where a test stands in for the probe
+            probe.cache_clear()
+
+
 def scoring_speed_of(candidate: Candidate) -> float:
     return scoring_speed(candidate.family, candidate.net, candidate.depth, candidate.neck)
 

@@ -36,6 +36,7 @@ from worker.logs import get_logger
 from worker.training.candidates import (
     IMAGENET_NORMALISATION,
     Candidate,
+    forget_probed_speeds,
     scoring_speed_of,
     search_space,
     speed_of,
@@ -303,6 +304,7 @@ def search(
 ) -> SearchOutcome:
     """Screen candidates, cross-validate the best, leave time for one final fit."""
     say = on_progress or (lambda message: None)
+    forget_probed_speeds()  # this machine's speed now, not when an earlier retrain ran
     fold_indices = stratified_folds(data.labels, folds, seed)
     space = search_space(seed, len(data))
     pace = Pace(deadline, reserve_s, scored_images, prior=PRIOR_CORRECTION)
