@@ -48,11 +48,11 @@ class Candidate:
         return IMAGENET_START if self.family == "lite0" else "scratch"
 
     def describe(self) -> str:
+        neck = f", neck={self.neck}" if self.neck else ""
         arch = (
             self.net.describe()
             if self.net is not None
-            else f"efficientnet-lite0(stem_stride=1, blocks={self.depth}"
-            + (f", neck={self.neck})" if self.neck else ")")
+            else f"efficientnet-lite0(stem_stride=1, blocks={self.depth}{neck})"
         )
         cfg = self.config
         frozen = f" frozen={cfg.frozen_blocks}" if cfg.frozen_blocks else ""
