@@ -18,9 +18,9 @@ import time
 import torch
 
 from worker.inference.device import configure_cpu_threads
-from worker.training.efficientnet_lite import EfficientNetLite0
-from worker.training.export import export_torchscript
-from worker.training.nets import SynthNet, SynthNetSpec
+from worker.retrain.training.efficientnet_lite import EfficientNetLite0
+from worker.retrain.training.export import export_torchscript
+from worker.retrain.training.nets import SynthNet, SynthNetSpec
 
 
 def candidates() -> dict[str, torch.nn.Module]:

@@ -21,7 +21,7 @@ import torch
 from worker.inference.device import configure_cpu_threads, select_device
 from worker.inference.provider import ModelProvider
 from worker.inference.registry import ModelRegistry
-from worker.producer import parse_model_ref
+from worker.queue.producer import parse_model_ref
 from worker.settings import Settings
 from worker.storage import Storage
 

@@ -26,15 +26,15 @@ from pathlib import Path
 import numpy as np
 from bench_retrain import DATA, sample_dataset
 
+from worker.classify.inputs import expand_paths
 from worker.imaging import ImageLimits
-from worker.inputs import expand_paths
-from worker.retrain import preprocessing
+from worker.retrain.run import preprocessing
+from worker.retrain.training.candidates import IMAGENET_NORMALISATION, search_space
+from worker.retrain.training.dataset import LabelledImages, load_labelled_images
+from worker.retrain.training.loop import TrainConfig, predict_logits, train_classifier
+from worker.retrain.training.splits import stratified_folds, stratified_split
 from worker.settings import Settings
 from worker.storage import Storage
-from worker.training.candidates import IMAGENET_NORMALISATION, search_space
-from worker.training.dataset import LabelledImages, load_labelled_images
-from worker.training.loop import TrainConfig, predict_logits, train_classifier
-from worker.training.splits import stratified_folds, stratified_split
 
 DEFAULT_RUNS = (
     "3:base,3:lr=1e-3,3:lr=3e-3,3:batch_size=32,3:warmup_share=0.1,"

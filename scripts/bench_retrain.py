@@ -30,16 +30,16 @@ from pathlib import Path
 import numpy as np
 
 from contracts import Budget, PromotionPolicy
+from worker.classify.inputs import InputItem, expand_paths
 from worker.imaging import ImageLimits
 from worker.inference.device import select_device
 from worker.inference.model import load_model
 from worker.inference.registry import ModelRegistry
-from worker.inputs import InputItem, expand_paths
-from worker.retrain import RetrainRequest, run_retrain
+from worker.retrain.run import RetrainRequest, run_retrain
+from worker.retrain.training.dataset import load_labelled_images
+from worker.review.evaluation import evaluation_metrics
 from worker.settings import Settings
 from worker.storage import Storage
-from worker.training.dataset import load_labelled_images
-from worker.training.evaluate import evaluation_metrics
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake"
 FOLDERS = {"REAL": "real", "FAKE": "synthetic"}

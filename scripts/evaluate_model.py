@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from worker.classify.inputs import expand_paths
 from worker.imaging import ImageLimits
 from worker.inference.device import select_device
 from worker.inference.provider import ModelProvider
 from worker.inference.registry import ModelRegistry
-from worker.inputs import expand_paths
-from worker.producer import parse_model_ref
+from worker.queue.producer import parse_model_ref
+from worker.retrain.training.dataset import load_labelled_images
+from worker.review.evaluation import evaluation_metrics
 from worker.settings import Settings
 from worker.storage import Storage
-from worker.training.dataset import load_labelled_images
-from worker.training.evaluate import evaluation_metrics
 
 DEV_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake" / "dev-test.tar"
 

@@ -31,17 +31,19 @@ from pathlib import Path
 import torch
 
 from contracts import Calibration, ModelId, Preprocessing, TrainingInfo
+from worker.classify.inputs import expand_paths
 from worker.imaging import ImageLimits
 from worker.inference.registry import AliasRecord, ModelRegistry
-from worker.inputs import expand_paths
-from worker.settings import BUNDLED_MODELS, Settings
-from worker.storage import Storage
-from worker.training.calibration import fit_temperature
-from worker.training.dataset import LabelledImages, LoadReport, data_summary, load_labelled_images
-from worker.training.efficientnet_lite import START_POINT, EfficientNetLite0
-from worker.training.evaluate import evaluation_metrics, softmax
-from worker.training.export import build_card, export_torchscript
-from worker.training.loop import (
+from worker.retrain.training.calibration import fit_temperature
+from worker.retrain.training.dataset import (
+    LabelledImages,
+    LoadReport,
+    data_summary,
+    load_labelled_images,
+)
+from worker.retrain.training.efficientnet_lite import START_POINT, EfficientNetLite0
+from worker.retrain.training.export import build_card, export_torchscript
+from worker.retrain.training.loop import (
     EpochReport,
     Normalisation,
     TrainConfig,
@@ -49,8 +51,11 @@ from worker.training.loop import (
     teacher_views,
     train_classifier,
 )
-from worker.training.nets import SynthNet, SynthNetSpec
-from worker.training.splits import stratified_split
+from worker.retrain.training.nets import SynthNet, SynthNetSpec
+from worker.retrain.training.splits import stratified_split
+from worker.review.evaluation import evaluation_metrics, softmax
+from worker.settings import BUNDLED_MODELS, Settings
+from worker.storage import Storage
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake"
 IMAGENET = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -8,7 +8,7 @@ import urllib.request
 
 from contracts import ImageResult, JobSummary
 from tests.support.callbacks import CallbackReceiver, Delivery
-from worker.results import JobLayout, read_results, read_summary
+from worker.classify.results import JobLayout, read_results, read_summary
 from worker.storage import Storage
 
 QUIET_S = 2.0

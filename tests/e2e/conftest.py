@@ -26,10 +26,10 @@ from contracts import ModelRef
 from scripts.dev_s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY, SeaweedServer
 from tests.support.brokers import free_port
 from tests.support.callbacks import CallbackReceiver, running_receiver
+from worker.classify.inputs import InputItem
+from worker.classify.pipeline import PipelineConfig, classify_items
 from worker.imaging import ImageLimits
 from worker.inference.engine import InferenceEngine
-from worker.inputs import InputItem
-from worker.pipeline import PipelineConfig, classify_items
 from worker.settings import Settings
 from worker.storage import S3Store, Storage
 

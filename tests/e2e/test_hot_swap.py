@@ -30,9 +30,9 @@ from tests.support.brokers import (
     require_rabbitmq,
     unique_prefix,
 )
+from worker.classify.results import JobLayout, read_summary
 from worker.inference.registry import ModelRegistry
-from worker.producer import producer_app, submit_job, wait_for_summary
-from worker.results import JobLayout, read_summary
+from worker.queue.producer import producer_app, submit_job, wait_for_summary
 from worker.settings import Settings
 from worker.storage import Storage
 

@@ -52,9 +52,9 @@ from tests.support.brokers import (
 )
 from tests.support.callbacks import CallbackReceiver
 from worker.inference.registry import ModelRegistry
-from worker.queues import QueueNames
-from worker.retrain_jobs import RetrainLayout, jobs_root
-from worker.retrain_producer import submit_retrain, wait_for_retrain_summary
+from worker.queue.retrain_producer import submit_retrain, wait_for_retrain_summary
+from worker.queue.topology import QueueNames
+from worker.retrain.jobs import RetrainLayout, jobs_root
 from worker.settings import Settings
 from worker.storage import S3Store, Storage
 

@@ -34,9 +34,9 @@ from tests.support.brokers import (
     unique_prefix,
 )
 from tests.support.callbacks import CallbackReceiver
-from worker.producer import producer_app, submit_job
-from worker.queues import QueueNames
-from worker.results import JobLayout
+from worker.classify.results import JobLayout
+from worker.queue.producer import producer_app, submit_job
+from worker.queue.topology import QueueNames
 from worker.settings import Settings
 from worker.storage import Storage
 

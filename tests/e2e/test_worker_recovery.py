@@ -29,8 +29,8 @@ from tests.support.brokers import (
     unique_prefix,
 )
 from tests.support.callbacks import CallbackReceiver
-from worker.producer import submit_job
-from worker.results import JobLayout, done_shards
+from worker.classify.results import JobLayout, done_shards
+from worker.queue.producer import submit_job
 from worker.settings import Settings
 from worker.storage import Storage
 

@@ -1,4 +1,4 @@
-"""``celery -A worker.app worker`` on SQS (a moto server), fed by boto3 and by ``submit_job``."""
+"""``celery -A worker.queue.app worker`` on SQS (a moto server), fed by boto3 and by ``submit_job``."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from tests.e2e.checks import (
 from tests.e2e.conftest import Dataset, WorkerProcess, executable, start_worker, worker_settings
 from tests.support.brokers import moto_sqs, unique_prefix
 from tests.support.callbacks import CallbackReceiver
-from worker.producer import submit_job
-from worker.queues import QueueNames, setup_sqs_queues, sqs_client
+from worker.queue.producer import submit_job
+from worker.queue.topology import QueueNames, setup_sqs_queues, sqs_client
 from worker.settings import Settings
 from worker.storage import Storage
 
@@ -41,7 +41,7 @@ def worker(e2e_s3: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         )
         setup_sqs_queues(settings)  # what `synthdetect queues setup` does
         log_path = tmp_path_factory.mktemp("sqs-worker") / "worker.log"
-        command = [executable("celery"), "-A", "worker.app", "worker", "--loglevel=INFO"]
+        command = [executable("celery"), "-A", "worker.queue.app", "worker", "--loglevel=INFO"]
         process = start_worker(command, settings, log_path)
         yield process
         process.stop()

@@ -24,9 +24,9 @@ from tests.support.brokers import (
     require_rabbitmq,
     unique_prefix,
 )
-from worker.app import create_app
-from worker.deadletter import REASON_HEADER, AmqpDeadLetters, SqsDeadLetters
-from worker.queues import (
+from worker.queue.app import create_app
+from worker.queue.deadletter import REASON_HEADER, AmqpDeadLetters, SqsDeadLetters
+from worker.queue.topology import (
     QueueNames,
     declare_amqp_topology,
     delete_sqs_queues,

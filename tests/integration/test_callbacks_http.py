@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.callbacks import CallbackReceiver, running_receiver
-from worker.delivery import RetryPolicy, deliver_attempt, http_client
 from worker.settings import Settings
+from worker.webhooks.delivery import RetryPolicy, deliver_attempt, http_client
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from contracts import ImageResult, ModelId
-from worker.report import render_report
+from worker.review.report import render_report
 from worker.storage import Storage
 
 CHROMIUM = Path("/usr/bin/chromium")

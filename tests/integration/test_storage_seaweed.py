@@ -12,8 +12,8 @@ import pytest
 
 from contracts import ManifestInput, PrefixInput
 from scripts.dev_s3 import SeaweedServer
+from worker.classify.inputs import expand_job_inputs, iter_tar_items, tar_member_offsets
 from worker.errors import ObjectNotFound, ObjectTooLarge
-from worker.inputs import expand_job_inputs, iter_tar_items, tar_member_offsets
 from worker.settings import Settings
 from worker.storage import S3Store, Storage
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 from kombu import Connection
 
-from worker.queues import amqp_queues, dead_letter_exchange, task_exchange
+from worker.queue.topology import amqp_queues, dead_letter_exchange, task_exchange
 from worker.settings import Settings
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"

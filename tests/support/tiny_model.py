@@ -12,8 +12,8 @@ import functools
 import torch
 
 from contracts import Calibration, ModelCard, Preprocessing
-from worker.training.export import build_card, export_torchscript
-from worker.training.nets import SynthNet, SynthNetSpec
+from worker.retrain.training.export import build_card, export_torchscript
+from worker.retrain.training.nets import SynthNet, SynthNetSpec
 
 TINY_SPEC = SynthNetSpec(widths=(16,), blocks=(1,))
 TINY_INPUT_SIZE = (8, 8)
