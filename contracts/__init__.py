@@ -5,7 +5,7 @@ Messages: ``ClassifyJob`` and ``RetrainJob`` (producers send them), ``ImageResul
 to every model file). ``ClassifyShard`` is internal to workers.
 """
 
-from contracts._base import SCHEMA_VERSION, ModelId, ModelRef
+from contracts._base import SCHEMA_VERSION, ModelId, ModelRef, describe_validation_error
 from contracts.errors import ErrorCode, ImageError
 from contracts.jobs import (
     Budget,
@@ -70,4 +70,5 @@ __all__ = [
     "Timings",
     "TrainingInfo",
     "UriListInput",
+    "describe_validation_error",
 ]

@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 SCHEMA_VERSION = 1
 """The one wire version this package reads and writes."""
@@ -78,9 +85,27 @@ class ModelRef(Contract):
     name: ModelName = "default"
     version: ModelVersion | None = None
 
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """``name`` or ``name@version`` (the form the CLI and settings use)."""
+        name, _, version = text.partition("@")
+        return cls(name=name, version=version or None)
+
 
 class ModelId(Contract):
     """The exact model that produced a result (always fully resolved)."""
 
     name: ModelName
     version: ModelVersion
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """``field.path: message`` for each error, joined by ``; ``.
+
+    The dead-letter reason and the CLI's usage errors; the path names the input
+    kind, then the field and index (``inputs.uris.uris.3``).
+    """
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or '(body)'}: {error['msg']}"
+        for error in exc.errors(include_url=False)
+    )

@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
+from contracts import ModelRef
 from worker.inference.device import configure_cpu_threads, select_device
 from worker.inference.provider import ModelProvider
 from worker.inference.registry import ModelRegistry
-from worker.queue.producer import parse_model_ref
 from worker.settings import Settings
 from worker.storage import Storage
 
@@ -42,7 +42,7 @@ def main() -> None:
     provider = ModelProvider(
         ModelRegistry.from_settings(settings, storage), select_device(settings.device)
     )
-    model = provider.get(parse_model_ref(args.model))
+    model = provider.get(ModelRef.parse(args.model))
     print(
         f"model {model.id.name}@{model.id.version} ({model.card.architecture}), "
         f"device {model.device}, torch threads {torch.get_num_threads()}"

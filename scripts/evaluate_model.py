@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts import ModelRef
 from worker.classify.inputs import expand_paths
 from worker.imaging import ImageLimits
 from worker.inference.device import select_device
 from worker.inference.provider import ModelProvider
 from worker.inference.registry import ModelRegistry
-from worker.queue.producer import parse_model_ref
 from worker.retrain.training.dataset import load_labelled_images
 from worker.review.evaluation import evaluation_metrics
 from worker.settings import Settings
@@ -45,7 +45,7 @@ def main() -> None:
     provider = ModelProvider(
         ModelRegistry.from_settings(settings, storage), select_device(settings.device)
     )
-    model = provider.get(parse_model_ref(args.model))
+    model = provider.get(ModelRef.parse(args.model))
     items = expand_paths([args.data], storage, settings.max_image_bytes, labels_from_folders=True)
     data, report = load_labelled_images(
         items,

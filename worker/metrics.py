@@ -7,10 +7,9 @@ work: under load from many small jobs its mean rises above 1.
 from __future__ import annotations
 
 import threading
+from typing import Protocol
 
 from prometheus_client import Counter, Histogram, start_http_server
-
-from worker.inference.batcher import BatchEvent
 
 BATCH_SIZE = Histogram(
     "synthdetect_batch_size",
@@ -28,11 +27,20 @@ CALLBACK_ATTEMPTS = Counter(
 )
 DEAD_LETTERS = Counter("synthdetect_dead_letters_total", "Messages sent to the dead-letter queue.")
 
+
+class BatchStats(Protocol):
+    """What one inference batch reports (``worker.inference.batcher.BatchEvent``)."""
+
+    size: int
+    run_s: float
+    oldest_wait_s: float
+
+
 _started = threading.Lock()
 _serving: set[int] = set()
 
 
-def record_batch(event: BatchEvent) -> None:
+def record_batch(event: BatchStats) -> None:
     """The engine's ``on_batch`` hook."""
     BATCH_SIZE.observe(event.size)
     BATCH_SECONDS.observe(event.run_s)

@@ -22,7 +22,7 @@ def synthdetect(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI with the defaults a fresh install has (no SYNTHDETECT_* variables)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHDETECT_")}
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", *args],
+        [sys.executable, "-m", "worker.cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

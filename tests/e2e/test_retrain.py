@@ -52,7 +52,7 @@ from tests.support.brokers import (
 )
 from tests.support.callbacks import CallbackReceiver
 from worker.inference.registry import ModelRegistry
-from worker.queue.retrain_producer import submit_retrain, wait_for_retrain_summary
+from worker.queue.producer import submit_retrain_job, wait_for_retrain_summary
 from worker.queue.topology import QueueNames
 from worker.retrain.jobs import RetrainLayout, jobs_root
 from worker.settings import Settings
@@ -226,7 +226,7 @@ def test_a_worse_model_is_published_complete_but_kept_as_a_candidate(
         seed=3,
         callback={"url": receiver.plan("/retrain-worse")},
     )
-    submit_retrain(job, workers.settings)
+    submit_retrain_job(job, workers.settings)
     summary = summary_of(job, workers)
 
     assert summary.status == "succeeded", summary.error
@@ -324,13 +324,13 @@ def test_one_label_ends_in_a_failed_summary_and_a_redelivery_does_not_run_again(
         dataset={"kind": "prefix", "prefix": f"{data.train}real/"},
     )
     versions = registry.list_versions("default")
-    submit_retrain(job, workers.settings)
+    submit_retrain_job(job, workers.settings)
     first = summary_of(job, workers)
     assert first.status == "failed"
     assert first.model is None
     assert "at least two labels" in (first.error or "")
 
-    submit_retrain(job, workers.settings)  # the same message again
+    submit_retrain_job(job, workers.settings)  # the same message again
     deadline = time.monotonic() + 120
     while not log_events(workers.retrain, "job_already_finished", job.job_id):
         assert time.monotonic() < deadline, workers.retrain.log_tail()

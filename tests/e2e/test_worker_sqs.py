@@ -1,4 +1,4 @@
-"""``celery -A worker.queue.app worker`` on SQS (a moto server), fed by boto3 and by ``submit_job``."""
+"""``celery -A worker.queue.app worker`` on SQS (a moto server), fed by boto3 and ``submit_job``."""
 
 from __future__ import annotations
 

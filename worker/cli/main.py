@@ -1,223 +1,52 @@
-"""The ``synthdetect`` command.
+"""The ``synthdetect`` command: one group whose commands load their module when run.
 
-``synthdetect classify PATH...`` is the embedded mode (DESIGN §8): the same
-pipeline as the queue worker, on local files, folders, tars or s3:// URIs, with
-the bundled model and no servers. Results go to ``--out`` (or stdout) as JSON
-Lines; a summary goes to stderr. The exit code is non-zero only when the
-command itself fails, never because some images were bad.
+Each command lives in the module of its road (``worker.cli.classify``,
+``worker.cli.worker``, ...). The group imports a command's module only when that
+command runs (or ``--help`` lists it), so ``synthdetect classify`` never imports
+Celery or the training code, and ``synthdetect worker`` never imports the
+report or training code unless it consumes the retrain queue.
 """
 
 from __future__ import annotations
 
-import sys
-import time
-from contextlib import ExitStack
-from pathlib import Path
-from typing import IO
+import importlib
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from contracts import ModelRef
-from worker.classify.inputs import expand_paths
-from worker.classify.pipeline import PipelineConfig, classify_items
-from worker.classify.tally import ResultTally
-from worker.cli.retrain import models, train
-from worker.cli.review import review
-from worker.errors import ModelError, SynthdetectError
-from worker.imaging import ImageLimits
-from worker.inference.engine import InferenceEngine
-from worker.logs import configure_logging
-from worker.queue.producer import parse_model_ref, queues, submit
-from worker.queue.retrain_producer import submit_retrain_command
-from worker.settings import Settings, get_settings
-from worker.storage import Storage
+COMMANDS: dict[str, tuple[str, str]] = {
+    "classify": ("worker.cli.classify", "classify"),
+    "review": ("worker.cli.review", "review"),
+    "worker": ("worker.cli.worker", "worker"),
+    "queues": ("worker.cli.worker", "queues"),
+    "submit": ("worker.cli.submit", "submit"),
+    "submit-retrain": ("worker.cli.submit", "submit_retrain"),
+    "train": ("worker.cli.retrain", "train"),
+    "models": ("worker.cli.models", "models"),
+}
+"""Command name -> (module, attribute)."""
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A click group that imports each command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attribute = target
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module}.{attribute} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(package_name="synthdetect")
 def main() -> None:
     """synthdetect: tell real photos from AI-generated images."""
-
-
-main.add_command(submit)
-main.add_command(submit_retrain_command)
-main.add_command(queues)
-
-
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.option(
-    "--queues",
-    "-Q",
-    "queue_names",
-    default=None,
-    help="Comma-separated queues to consume (default: classify, bulk and callbacks).",
-)
-@click.option(
-    "--concurrency",
-    "-c",
-    type=click.IntRange(1, 512),
-    default=None,
-    help=(
-        "Tasks run at once (default: SYNTHDETECT_WORKER_CONCURRENCY; 1 for a retrain worker, "
-        "whose one retrain uses every core through torch's threads)."
-    ),
-)
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(queue_names: str | None, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
-    """Run a queue worker (threads pool: one model shared by all running tasks).
-
-    ``-Q <prefix>-retrain`` starts a retrain worker: it consumes that queue alone
-    (the retrain queue is never consumed together with others). Extra arguments
-    go to ``celery worker`` unchanged, e.g. ``--hostname``.
-    """
-    from worker.queue.app import app  # imported here: the embedded mode never needs Celery
-    from worker.queue.topology import QueueNames
-
-    settings = get_settings()
-    names = QueueNames.from_settings(settings)
-    if concurrency is None:
-        concurrency = 1 if queue_names == names.retrain else settings.worker_concurrency
-    argv = [
-        "worker",
-        "--pool=threads",
-        f"--concurrency={concurrency}",
-        f"--queues={queue_names or ','.join((names.classify, names.bulk, names.callbacks))}",
-        f"--loglevel={settings.log_level}",
-        "--without-mingle",
-        "--without-gossip",
-        *celery_args,
-    ]
-    app.worker_main(argv)
-
-
-@main.command()
-@click.argument("paths", nargs=-1, required=True)
-@click.option(
-    "--out",
-    "-o",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Write JSON Lines here instead of stdout.",
-)
-@click.option(
-    "--model",
-    "-m",
-    "model_text",
-    default=None,
-    help="Model name or name@version (default: the bundled default model).",
-)
-@click.option(
-    "--labels-from-folders",
-    is_flag=True,
-    help="Record each image's parent folder name as its true label (for accuracy).",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 8192),
-    default=None,
-    help="Largest inference batch (default: SYNTHDETECT_MAX_BATCH).",
-)
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Progress bar on stderr (default: when stderr is a terminal).",
-)
-def classify(
-    paths: tuple[str, ...],
-    out: Path | None,
-    model_text: str | None,
-    labels_from_folders: bool,
-    batch_size: int | None,
-    progress: bool | None,
-) -> None:
-    """Classify images in PATHS: files, folders (recursive), .tar archives, s3:// URIs."""
-    settings = get_settings()
-    if batch_size is not None:
-        settings = settings.model_copy(update={"max_batch": batch_size})
-    configure_logging(settings)
-    console = Console(stderr=True)
-    model = parse_model_ref(model_text or settings.default_model)
-    show_progress = console.is_terminal if progress is None else progress
-    try:
-        tally, elapsed = _run_classify(
-            paths, out, model, labels_from_folders, settings, console, show_progress
-        )
-    except (SynthdetectError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    _print_summary(console, tally, elapsed)
-
-
-def _run_classify(
-    paths: tuple[str, ...],
-    out: Path | None,
-    model: ModelRef,
-    labels_from_folders: bool,
-    settings: Settings,
-    console: Console,
-    show_progress: bool,
-) -> tuple[ResultTally, float]:
-    storage = Storage.from_settings(settings)
-    engine = InferenceEngine.from_settings(settings, storage)
-    try:
-        engine.model_for(model)  # fail fast, before reading any image, if the model is unusable
-    except ModelError:
-        engine.close()
-        raise
-    tally = ResultTally()
-    limits = ImageLimits.from_settings(settings)
-    items = expand_paths(list(paths), storage, settings.max_image_bytes, labels_from_folders)
-    started = time.perf_counter()
-    with ExitStack() as stack:
-        stack.callback(engine.close)
-        sink: IO[str] = stack.enter_context(out.open("w")) if out else sys.stdout
-        bar = stack.enter_context(_progress(console, show_progress))
-        task = bar.add_task("classifying", total=None)
-        for result in classify_items(
-            items, engine, model, limits, PipelineConfig.from_settings(settings)
-        ):
-            sink.write(result.model_dump_json() + "\n")
-            tally.add(result)
-            bar.advance(task)
-    return tally, time.perf_counter() - started
-
-
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.speed:>7.0f} img/s" if enabled else ""),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-        transient=True,
-    )
-
-
-def _print_summary(console: Console, tally: ResultTally, elapsed: float) -> None:
-    table = Table(title="synthdetect classify", show_header=True, header_style="bold")
-    table.add_column("outcome")
-    table.add_column("images", justify="right")
-    for label, n in sorted(tally.by_label.items()):
-        table.add_row(f"label: {label}", str(n))
-    for code, n in sorted(tally.by_error.items()):
-        table.add_row(f"error: {code.value}", str(n))
-    table.add_row("total", str(tally.total), style="bold")
-    console.print(table)
-    rate = tally.total / elapsed if elapsed > 0 else 0.0
-    models = ", ".join(f"{m.name}@{m.version}" for m in tally.models) or "-"
-    console.print(f"{tally.total} images in {elapsed:.2f} s ({rate:,.0f} img/s), model {models}")
-    accuracy = tally.accuracy()
-    if accuracy is not None:
-        per_class = ", ".join(f"{k} {v:.1%}" for k, v in tally.per_class_accuracy().items())
-        console.print(f"accuracy against folder labels: {accuracy:.2%} ({per_class})")
-
-
-main.add_command(review)
-main.add_command(train)
-main.add_command(models)
 
 
 if __name__ == "__main__":

@@ -163,13 +163,19 @@ def keep_retrain_apart(queues: Any, settings: Settings) -> bool:
 
 @signals.celeryd_after_setup.connect(weak=False)
 def _retrain_apart(instance: Any, **_: Any) -> None:
+    """Keep the retrain queue apart; register the retrain task only where it is consumed."""
     settings = get_settings()
-    if keep_retrain_apart(instance.app.amqp.queues, settings):
+    queues = instance.app.amqp.queues
+    retrain = QueueNames.from_settings(settings).retrain
+    if keep_retrain_apart(queues, settings):
         log.warning(
             "retrain_queue_skipped",
             reason="the retrain queue is consumed only by a worker started for it alone",
-            start_with=f"synthdetect worker -Q {QueueNames.from_settings(settings).retrain}",
+            start_with=f"synthdetect worker -Q {retrain}",
         )
+    elif retrain in set(queues.consume_from):
+        # Imported here, before the consumer starts: a classify worker never loads training code.
+        import worker.queue.retrain_tasks  # noqa: F401
 
 
 @signals.setup_logging.connect(weak=False)

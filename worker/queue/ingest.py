@@ -20,7 +20,7 @@ from celery import bootsteps
 from kombu import Consumer, Message, Queue
 from pydantic import ValidationError
 
-from contracts import ClassifyJob
+from contracts import ClassifyJob, describe_validation_error
 from worker.errors import JobRejected
 from worker.logs import get_logger
 from worker.queue.deadletter import dead_letter, dead_letter_sink
@@ -57,14 +57,6 @@ def validate_job(data: Any) -> ClassifyJob:
         return ClassifyJob.model_validate(data)
     except ValidationError as exc:
         raise JobRejected(f"schema violation: {describe_validation_error(exc)}") from exc
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """``field.path: message`` for each error, joined by ``; ``."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or '(body)'}: {error['msg']}"
-        for error in exc.errors(include_url=False)
-    )
 
 
 def job_id_of(body: bytes | str) -> str | None:

@@ -1,4 +1,4 @@
-"""Celery tasks: parse the message, call ``worker.classify.runner`` / ``worker.retrain.jobs``. Nothing else.
+"""Celery tasks of a classify worker: parse the message, call ``worker.classify.runner``.
 
 Every task shares one ``_Runtime`` per process: settings, storage, the
 inference engine (created on first use, so CUDA starts in the process that
@@ -28,8 +28,8 @@ from worker.metrics import record_batch, serve
 from worker.queue.app import app
 from worker.queue.deadletter import DeadLetterSink, dead_letter, dead_letter_sink
 from worker.queue.ingest import validate_job
-from worker.queue.topology import TASK_ACCEPT, TASK_DELIVER, TASK_RETRAIN, TASK_SHARD, QueueNames
-from worker.retrain import jobs as retrain_jobs
+from worker.queue.topology import TASK_ACCEPT, TASK_DELIVER, TASK_SHARD, QueueNames
+from worker.retrain import records as retrain_records
 from worker.settings import Settings, get_settings
 from worker.storage import Storage
 from worker.webhooks.delivery import http_client
@@ -81,8 +81,8 @@ class _Runtime:
             enqueue_delivery=self.enqueue_delivery,
         )
 
-    def retrain_services(self) -> retrain_jobs.RetrainServices:
-        return retrain_jobs.RetrainServices(
+    def retrain_services(self) -> retrain_records.RetrainServices:
+        return retrain_records.RetrainServices(
             settings=self.settings,
             storage=self.storage,
             enqueue_delivery=partial(self.enqueue_delivery, kind="retrain"),
@@ -174,20 +174,12 @@ def classify_shard(shard: dict[str, Any]) -> None:
         jobs.run_shard(parsed, runtime.services())
 
 
-@app.task(name=TASK_RETRAIN, base=JobTask)
-def retrain(job: dict[str, Any]) -> None:
-    """A RetrainJob; only workers started for the retrain queue receive it."""
-    parsed = retrain_jobs.parse_retrain_job(job)
-    with structlog.contextvars.bound_contextvars(job_id=parsed.job_id, model=parsed.model):
-        retrain_jobs.run_retrain_job(parsed, runtime.retrain_services())
-
-
 @app.task(name=TASK_DELIVER, base=JobTask)
 def deliver_callback(job_id: str, location: str, kind: str = "classify") -> None:
     """One webhook attempt for a finished classify (or retrain) job."""
     with structlog.contextvars.bound_contextvars(job_id=job_id):
         if kind == "retrain":
-            retrain_jobs.deliver(job_id, location, runtime.retrain_services(), runtime.client())
+            retrain_records.deliver(job_id, location, runtime.retrain_services(), runtime.client())
         elif kind == "classify":
             jobs.deliver(job_id, location, runtime.services(), runtime.client())
         else:

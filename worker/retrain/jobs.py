@@ -12,11 +12,8 @@ so the whole flow runs in tests without a broker.
         ─► RetrainJob -> RetrainRequest ─► run_retrain (``retrain_progress`` log events)
         ─► summary.json ─► deliver_callback (now, then on the retry schedule) ─► delivery.json
 
-What a job leaves sits in the registry, next to the versions it publishes::
-
-    <registry>/<name>/jobs/<job_id>/job.json        the job as accepted
-    <registry>/<name>/jobs/<job_id>/summary.json    the RetrainSummary
-    <registry>/<name>/jobs/<job_id>/delivery.json   callback attempts
+Its records (``job.json``, ``summary.json``, ``delivery.json``) and its callback
+live in ``worker.retrain.records``.
 
 A redelivered job whose summary exists never trains again; one whose worker
 died before the summary was written trains again from the start. Data that
@@ -30,13 +27,11 @@ dead-letters it with that reason.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from functools import partial
-from typing import Any, TypeVar, assert_never
+from typing import Any, assert_never
 
-import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from contracts import (
     Budget,
@@ -46,20 +41,19 @@ from contracts import (
     RetrainJob,
     RetrainSummary,
     TarDataset,
+    describe_validation_error,
 )
 from contracts.jobs import RetrainDataset
 from worker.classify.inputs import InputItem, expand_job_inputs, expand_paths, iter_tar_items
-from worker.classify.results import RecordLayout
 from worker.errors import JobRejected, ModelError, ObjectNotFound
 from worker.inference.device import configure_cpu_threads
 from worker.inference.registry import ModelRegistry
 from worker.logs import get_logger
-from worker.queue.ingest import describe_validation_error
+from worker.retrain.records import RetrainLayout, RetrainServices, jobs_root, read_record
 from worker.retrain.run import RetrainRequest, run_retrain
 from worker.settings import Settings
-from worker.storage import Storage, join_uri
-from worker.webhooks.attempts import CallbackTarget, attempt_delivery, delivery_pending
-from worker.webhooks.delivery import DeliveryRecord, Resolver, system_resolver
+from worker.storage import Storage
+from worker.webhooks.attempts import CallbackTarget, delivery_pending
 
 log = get_logger(__name__)
 
@@ -67,27 +61,6 @@ JSON = "application/json"
 AFTER_BUDGET_S = 600
 """What a retrain may take beyond its time budget (production's evaluation, report, publishing)
 before ``retrain_timeout_s`` runs out."""
-
-_Record = TypeVar("_Record", bound=BaseModel)
-
-
-@dataclass
-class RetrainServices:
-    """What the retrain functions need from the process (tests build their own)."""
-
-    settings: Settings
-    storage: Storage
-    enqueue_delivery: Callable[[str, str, float], None]
-    """(job_id, jobs root, delay in seconds): queue a callback attempt of a retrain job."""
-
-
-RetrainLayout = RecordLayout
-"""A retrain job's records: ``<registry>/<model>/jobs/<job_id>/...``."""
-
-
-def jobs_root(registry_root: str, model: str) -> str:
-    """Where the retrain jobs of ``model`` keep their records: ``<registry>/<model>/jobs``."""
-    return join_uri(registry_root, model, "jobs")
 
 
 def parse_retrain_job(data: Any) -> RetrainJob:
@@ -176,10 +149,10 @@ def run_retrain_job(job: RetrainJob, services: RetrainServices) -> RetrainSummar
     registry = ModelRegistry.from_settings(settings, storage)
     root = jobs_root(registry.primary_root, job.model)
     layout = RetrainLayout.of(root, job.job_id)
-    accepted = _read(storage, layout.job, RetrainJob)
+    accepted = read_record(storage, layout.job, RetrainJob)
     if accepted is not None and accepted != job:
         raise JobRejected(f"job_id {job.job_id!r} was already used for a different job")
-    summary = _read(storage, layout.summary, RetrainSummary)
+    summary = read_record(storage, layout.summary, RetrainSummary)
     if summary is not None:
         log.info("job_already_finished", status=summary.status)
     else:
@@ -234,36 +207,3 @@ def _train(
             error=str(exc),
             duration_s=round(time.monotonic() - started, 2),
         )
-
-
-def deliver(
-    job_id: str,
-    jobs_root: str,
-    services: RetrainServices,
-    client: httpx.Client,
-    resolve: Resolver = system_resolver,
-) -> DeliveryRecord | None:
-    """Make the next callback attempt of a finished retrain job; None if nothing to deliver."""
-    storage = services.storage
-    layout = RetrainLayout.of(jobs_root, job_id)
-    job = _read(storage, layout.job, RetrainJob)
-    summary = _read(storage, layout.summary, RetrainSummary)
-    if job is None or summary is None or job.callback is None:
-        log.warning("nothing_to_deliver", has_record=job is not None, has_summary=bool(summary))
-        return None
-    return attempt_delivery(
-        CallbackTarget(job_id, job.callback, layout.delivery),
-        lambda: summary.model_dump_json(exclude_none=True).encode(),
-        services.settings,
-        storage,
-        client,
-        lambda delay_s: services.enqueue_delivery(job_id, jobs_root, delay_s),
-        resolve,
-    )
-
-
-def _read(storage: Storage, uri: str, model: type[_Record]) -> _Record | None:
-    try:
-        return model.model_validate_json(storage.get_bytes(uri))
-    except ObjectNotFound:
-        return None

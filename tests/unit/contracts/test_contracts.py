@@ -272,6 +272,8 @@ PUBLIC_NAMES = {
     "TrainingInfo",
     "DataSummary",
     "EvaluationMetrics",
+    # helpers
+    "describe_validation_error",
 }
 
 

@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from contracts import ManifestInput, PrefixInput, TarInput, UriListInput
+from contracts import ManifestInput, ModelRef, PrefixInput, TarInput, UriListInput
+from worker.cli.submit import inputs_from_uris
 from worker.queue.app import (
     celery_config,
     keep_retrain_apart,
     sqs_broker_url,
     sqs_transport_options,
 )
-from worker.queue.producer import inputs_from_uris, parse_model_ref
 from worker.queue.topology import (
     TASK_ACCEPT,
     TASK_DELIVER,
@@ -91,7 +91,7 @@ def test_submit_infers_the_input_kind() -> None:
     both = inputs_from_uris(("s3://bkt/a.jpg", "s3://bkt/b.jpg"))
     assert isinstance(both, UriListInput)
     assert both.uris == ["s3://bkt/a.jpg", "s3://bkt/b.jpg"]
-    assert parse_model_ref("default@2").version == "2"
+    assert ModelRef.parse("default@2").version == "2"
 
 
 def test_the_configuration_table_documents_the_worker_settings() -> None:

@@ -21,9 +21,10 @@ from standardwebhooks import Webhook
 from contracts import Budget, ModelId, RetrainJob, RetrainSummary
 from tests.support.memory_store import MemoryStore
 from worker.errors import JobRejected, ModelError
-from worker.queue import tasks
+from worker.queue import retrain_tasks, tasks
 from worker.retrain import jobs as retrain_jobs
-from worker.retrain.jobs import RetrainServices
+from worker.retrain import records as retrain_records
+from worker.retrain.records import RetrainServices
 from worker.retrain.run import RetrainRequest
 from worker.settings import Settings
 from worker.storage import Storage
@@ -343,13 +344,13 @@ def test_the_summary_is_delivered_signed_and_retried_on_schedule(
         return httpx.Response(answers.pop(0))
 
     client = httpx.Client(transport=httpx.MockTransport(handle))
-    first = retrain_jobs.deliver("rt-1", JOBS, services, client, LOCAL)
+    first = retrain_records.deliver("rt-1", JOBS, services, client, LOCAL)
     assert first is not None
     assert first.state == "pending"
     job_id, location, delay = broker.deliveries[-1]
     assert (job_id, location) == ("rt-1", JOBS)
     assert delay > 0
-    second = retrain_jobs.deliver("rt-1", JOBS, services, client, LOCAL)
+    second = retrain_records.deliver("rt-1", JOBS, services, client, LOCAL)
     assert second is not None
     assert second.state == "delivered"
     body = Webhook(SECRET).verify(received[-1].content, dict(received[-1].headers))
@@ -357,13 +358,13 @@ def test_the_summary_is_delivered_signed_and_retried_on_schedule(
     assert body["kind"] == "retrain"
     assert received[-1].headers["webhook-id"] == "rt-1"
     assert stored(store, "delivery.json")["state"] == "delivered"
-    assert retrain_jobs.deliver("rt-1", JOBS, services, client, LOCAL) == second
+    assert retrain_records.deliver("rt-1", JOBS, services, client, LOCAL) == second
     assert len(received) == 2
 
 
 def test_nothing_is_delivered_for_an_unknown_job(services: RetrainServices) -> None:
     client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
-    assert retrain_jobs.deliver("nope", JOBS, services, client, LOCAL) is None
+    assert retrain_records.deliver("nope", JOBS, services, client, LOCAL) is None
 
 
 # --- the Celery tasks stay thin ------------------------------------------------------------
@@ -373,18 +374,18 @@ def test_nothing_is_delivered_for_an_unknown_job(services: RetrainServices) -> N
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
     seen: list[tuple[str, tuple[Any, ...]]] = []
     monkeypatch.setattr(retrain_jobs, "run_retrain_job", lambda *a: seen.append(("retrain", a)))
-    monkeypatch.setattr(retrain_jobs, "deliver", lambda *a: seen.append(("deliver retrain", a)))
+    monkeypatch.setattr(retrain_records, "deliver", lambda *a: seen.append(("deliver retrain", a)))
     monkeypatch.setattr(tasks.jobs, "deliver", lambda *a: seen.append(("deliver classify", a)))
     return seen
 
 
 def test_the_retrain_task_parses_and_hands_over(calls: list[tuple[str, tuple[Any, ...]]]) -> None:
-    tasks.retrain.run(make_job().model_dump(mode="json", exclude_none=True))
+    retrain_tasks.retrain.run(make_job().model_dump(mode="json", exclude_none=True))
     ((what, (job, _services)),) = calls
     assert what == "retrain"
     assert job == make_job()
     with pytest.raises(JobRejected, match="schema violation"):
-        tasks.retrain.run({"job_id": "x"})
+        retrain_tasks.retrain.run({"job_id": "x"})
 
 
 def test_the_deliver_task_dispatches_by_kind(calls: list[tuple[str, tuple[Any, ...]]]) -> None:

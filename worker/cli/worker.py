@@ -1,0 +1,76 @@
+"""``synthdetect worker`` and ``synthdetect queues``: run a queue worker, set up the broker."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from worker.settings import get_settings
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--queues",
+    "-Q",
+    "queue_names",
+    default=None,
+    help="Comma-separated queues to consume (default: classify, bulk and callbacks).",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 512),
+    default=None,
+    help=(
+        "Tasks run at once (default: SYNTHDETECT_WORKER_CONCURRENCY; 1 for a retrain worker, "
+        "whose one retrain uses every core through torch's threads)."
+    ),
+)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(queue_names: str | None, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
+    """Run a queue worker (threads pool: one model shared by all running tasks).
+
+    ``-Q <prefix>-retrain`` starts a retrain worker: it consumes that queue alone
+    (the retrain queue is never consumed together with others). Extra arguments
+    go to ``celery worker`` unchanged, e.g. ``--hostname``.
+    """
+    from worker.queue.app import app
+    from worker.queue.topology import QueueNames
+
+    settings = get_settings()
+    names = QueueNames.from_settings(settings)
+    if concurrency is None:
+        concurrency = 1 if queue_names == names.retrain else settings.worker_concurrency
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={concurrency}",
+        f"--queues={queue_names or ','.join((names.classify, names.bulk, names.callbacks))}",
+        f"--loglevel={settings.log_level}",
+        "--without-mingle",
+        "--without-gossip",
+        *celery_args,
+    ]
+    app.worker_main(argv)
+
+
+@click.group()
+def queues() -> None:
+    """Broker queues."""
+
+
+@queues.command("setup")
+def queues_setup() -> None:
+    """Create the queues (and dead-letter queue) on the configured broker; idempotent."""
+    from worker.queue.app import create_app
+    from worker.queue.topology import QueueNames, declare_amqp_topology, setup_sqs_queues
+
+    settings = get_settings()
+    if settings.broker_kind == "sqs":
+        click.echo(json.dumps(setup_sqs_queues(settings), indent=2))
+        return
+    app = create_app(settings)
+    with app.connection_for_write() as connection:
+        declare_amqp_topology(connection, settings)
+    click.echo(json.dumps(list(QueueNames.from_settings(settings).__dict__.values())))
