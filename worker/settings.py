@@ -42,7 +42,18 @@ class Settings(BaseSettings):
         default="auto", description="Where models run; auto = CUDA when available, else CPU."
     )
     torch_threads: int = Field(
-        default=0, ge=0, description="CPU threads for torch ops; 0 = one per core."
+        default=0,
+        ge=0,
+        description="CPU threads for torch ops; 0 = cores / inference threads (at least 1).",
+    )
+    inference_threads: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description=(
+            "Batches run at once; 0 = one per core on a CPU (each with one torch thread), "
+            "2 on a GPU (one batch's copy overlaps the other's compute)."
+        ),
     )
     max_batch: int = Field(
         default=64,
@@ -84,6 +95,16 @@ class Settings(BaseSettings):
     allowed_formats: list[str] = Field(
         default=["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"],
         description="Pillow format names that may be decoded; others fail unsupported_format.",
+    )
+
+    decode_pixel_budget: int = Field(
+        default=50_000_000,
+        ge=1,
+        description=(
+            "Decoded pixels all decode threads of a process may hold at once; an image "
+            "larger than this decodes alone. Bounds decode memory at about 4-12 bytes per "
+            "pixel, however large the images and however many threads (docs/performance.md)."
+        ),
     )
 
     # --- models ----------------------------------------------------------------

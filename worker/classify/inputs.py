@@ -59,11 +59,14 @@ class InputItem:
     ``uri`` is an ``s3://`` address, a local path, or ``<tar address>#<member name>``.
     ``load()`` returns the image's bytes or raises ``ImageFailure`` with code
     ``not_found``, ``forbidden``, ``too_large``, ``empty_file`` or ``fetch_failed``.
+    ``in_memory`` says ``load`` only hands over bytes already read (tar members), so
+    the pipeline decodes such items in chunks instead of giving each a fetch thread.
     """
 
     uri: str
     load: Callable[[], bytes]
     true_label: str | None = None
+    in_memory: bool = False
 
 
 def object_item(
@@ -360,7 +363,8 @@ def iter_tar_items(
             if member.isreg():
                 uri = f"{base_uri}#{member.name}"
                 label = _member_label(member.name) if labels_from_folders else None
-                yield InputItem(uri, _read_member(archive, member, uri, max_bytes), label)
+                load = _read_member(archive, member, uri, max_bytes)
+                yield InputItem(uri, load, label, in_memory=True)
 
 
 def tar_member_offsets(stream: BinaryIO) -> Iterator[tuple[str, int, int]]:

@@ -2,14 +2,26 @@
 
 ::
 
-    items ─► fetch (fetch_concurrency threads) ─► decode + preprocess (decode_threads slots)
+    items ─► fetch + decode (fetch_concurrency threads; decode_threads at once)  objects
+          ─► decode in chunks (decode_threads threads)                          bytes in memory
           ─► engine.submit (shared dynamic batcher) ─► ImageResult, in input order
+
+Items that must be read (S3 objects, files) get one fetch task each, so many
+GETs wait on the network at once. Items whose bytes are already in memory (tar
+members, read as the archive streams by) are decoded in chunks of
+``chunk`` per task: for a 32x32 JPEG, which decodes in about 20 µs, handing each
+image to a thread would cost as much as decoding it. Fetching, decoding and
+inference overlap; each hand-off is bounded.
 
 Memory is bounded by a sliding window of in-flight images: the input iterator
 is pulled only as results leave, so a 100,000-image prefix streams through
-without ever being held at once. Each image's failure becomes its own
+without ever being held at once; decoded pixels are bounded process-wide by
+``ImageLimits.pixel_budget``. Each image's failure becomes its own
 ``ImageResult.error``; nothing here fails the whole stream except the input
 iterator itself (e.g. a listing that cannot be read).
+
+``urgent`` (interactive jobs) puts the images ahead of every bulk image waiting
+for the shared batcher.
 """
 
 from __future__ import annotations
@@ -32,21 +44,30 @@ from worker.settings import Settings
 
 log = get_logger(__name__)
 
+DECODE_CHUNK = 32
+"""In-memory images decoded per task: amortises the hand-off, still spreads over threads."""
+
+_Staged = Future[Prediction] | BaseException
+"""An image on its way: its place in a batch, or why it never got one."""
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Concurrency limits of one pipeline run."""
+    """Concurrency limits of one pipeline run, and its lane in the shared batcher."""
 
     fetch_concurrency: int
     decode_threads: int
     window: int
+    urgent: bool = False
+    chunk: int = DECODE_CHUNK
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PipelineConfig:
+    def from_settings(cls, settings: Settings, urgent: bool = False) -> PipelineConfig:
         return cls(
             fetch_concurrency=settings.fetch_concurrency,
             decode_threads=settings.decode_thread_count(),
             window=settings.fetch_concurrency + 2 * settings.max_batch,
+            urgent=urgent,
         )
 
 
@@ -60,42 +81,90 @@ def classify_items(
     """Yield one ``ImageResult`` per input item, in input order."""
     decode_slots = threading.BoundedSemaphore(config.decode_threads)
 
-    def prepare(item: InputItem) -> Future[Prediction]:
-        data = item.load()
+    def stage(data: bytes) -> _Staged:
         loaded = engine.model_for(model)
-        with decode_slots:
-            pixels = load_image_array(data, limits, loaded.card.preprocessing)
-        del data
-        return engine.submit(pixels, loaded)
+        pixels = load_image_array(data, limits, loaded.card.preprocessing)
+        return engine.submit(pixels, loaded, config.urgent)
 
-    in_flight: deque[tuple[InputItem, Future[Future[Prediction]]]] = deque()
-    source = iter(items)
-    with ThreadPoolExecutor(config.fetch_concurrency, thread_name_prefix="fetch") as pool:
+    def fetch_and_stage(item: InputItem) -> list[_Staged]:
         try:
-            while True:
-                while len(in_flight) < config.window:
-                    item = next(source, None)
-                    if item is None:
-                        break
-                    in_flight.append((item, pool.submit(prepare, item)))
-                if not in_flight:
-                    return
-                item, staged = in_flight.popleft()
-                yield _result_for(item, staged)
-        finally:
-            for _, staged in in_flight:
-                staged.cancel()
+            data = item.load()
+            with decode_slots:
+                return [stage(data)]
+        except ModelError:
+            raise  # the job's model is unusable: a job-level failure
+        except Exception as exc:  # noqa: BLE001 - this image's failure is its own result
+            return [exc]
 
+    def stage_chunk(chunk: list[InputItem]) -> list[_Staged]:
+        staged: list[_Staged] = []
+        for item in chunk:
+            try:
+                staged.append(stage(item.load()))
+            except ModelError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as in fetch_and_stage
+                staged.append(exc)
+        return staged
 
-def _result_for(item: InputItem, staged: Future[Future[Prediction]]) -> ImageResult:
+    in_flight: deque[tuple[list[InputItem], Future[list[_Staged]]]] = deque()
+    queued = 0
+    source = iter(items)
+    pending: InputItem | None = None
+    fetchers = ThreadPoolExecutor(config.fetch_concurrency, thread_name_prefix="fetch")
+    decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
     try:
-        prediction = staged.result().result()
+        while True:
+            while queued < config.window:
+                item = pending or next(source, None)
+                pending = None
+                if item is None:
+                    break
+                if not item.in_memory:
+                    in_flight.append(([item], fetchers.submit(fetch_and_stage, item)))
+                    queued += 1
+                    continue
+                chunk = [item]
+                room = min(config.chunk, config.window - queued)
+                while len(chunk) < room:
+                    following = next(source, None)
+                    if following is None:
+                        break
+                    if not following.in_memory:
+                        pending = following
+                        break
+                    chunk.append(following)
+                in_flight.append((chunk, decoders.submit(stage_chunk, chunk)))
+                queued += len(chunk)
+            if not in_flight:
+                return
+            chunk, staged = in_flight.popleft()
+            queued -= len(chunk)
+            for item, outcome in zip(chunk, staged.result(), strict=True):
+                yield _result_for(item, outcome)
+    finally:
+        for _, staged in in_flight:
+            staged.cancel()
+        fetchers.shutdown(wait=False, cancel_futures=True)
+        decoders.shutdown(wait=False, cancel_futures=True)
+
+
+def _result_for(item: InputItem, staged: _Staged) -> ImageResult:
+    try:
+        if isinstance(staged, BaseException):
+            raise staged
+        prediction = staged.result()
     except ImageFailure as failure:
         return _failed(item, failure.to_contract())
     except ModelError:
         raise  # the job's model is unusable: a job-level failure, not this image's
     except Exception as exc:
-        log.exception("image_failed_unexpectedly", uri=item.uri)
+        log.error(
+            "image_failed_unexpectedly",
+            uri=item.uri,
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+        )
         code = (
             ErrorCode.INFERENCE_FAILED if isinstance(exc, BatchFailed) else ErrorCode.INTERNAL_ERROR
         )

@@ -122,7 +122,7 @@ def run_shard(shard: ClassifyShard, services: JobServices) -> None:
                 services.engine(),
                 shard.model,
                 ImageLimits.from_settings(settings),
-                PipelineConfig.from_settings(settings),
+                PipelineConfig.from_settings(settings, urgent=shard.priority == "interactive"),
             ):
                 results.append(result)
         except JobRejected as exc:
