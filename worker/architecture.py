@@ -23,7 +23,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         ("worker.settings", "worker.errors", "worker.logs", "worker.metrics"),
         "every knob, the error hierarchy, structured logs, Prometheus metrics",
     ),
-    ("storage", ("worker.storage",), "S3 and local folders behind one interface"),
+    (
+        "storage",
+        ("worker.storage", "worker.objectreader"),
+        "S3 and local folders behind one interface; fast S3 GETs",
+    ),
     ("imaging", ("worker.imaging",), "safe decode and preprocessing"),
     ("webhooks", ("worker.webhooks",), "signing, SSRF guard, retry policy, delivery records"),
     ("inference", ("worker.inference",), "model loading, registry, provider, dynamic batcher"),

@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     s3_max_pool_connections: int = Field(
         default=64, ge=1, description="HTTP connections boto3 keeps open to S3."
     )
+    s3_get_client: Literal["auto", "obstore", "boto3"] = Field(
+        default="auto",
+        description=(
+            "Client of the image GETs: obstore (Rust, about a fifth of botocore's CPU per "
+            "small object; auto = obstore when installed) or boto3. Everything else uses boto3."
+        ),
+    )
     s3_connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Seconds to wait for a TCP connection to S3."
     )
@@ -161,6 +168,15 @@ class Settings(BaseSettings):
         le=512,
         description=(
             "Tasks a worker process runs at once (threads sharing one model and one batcher)."
+        ),
+    )
+    bulk_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description=(
+            "Bulk shards a worker process runs at once, on threads apart from "
+            "SYNTHDETECT_WORKER_CONCURRENCY, so interactive jobs never wait behind a bulk scan."
         ),
     )
     shard_size: int = Field(
