@@ -121,8 +121,8 @@ class S3Store:
     """``ObjectStore`` over one boto3 S3 client (boto3 clients are thread-safe: share one).
 
     ``page_size`` is the number of keys asked for per ListObjectsV2 request (S3's
-    maximum is 1000). ``reader``, when given, serves ``get_bytes`` (the worker's
-    image fetches) through obstore at a fraction of botocore's CPU per GET.
+    maximum is 1000). ``reader``, when given, serves ``get_bytes`` and ``put_bytes``
+    through obstore (``worker.objectreader``) at a fraction of botocore's CPU.
     """
 
     def __init__(
@@ -159,7 +159,7 @@ class S3Store:
     def get_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
         """One GET; its Content-Length is checked against ``max_bytes`` before the body is read."""
         bucket, key = parse_s3_uri(uri)
-        if self.reader is not None:
+        if self.reader is not None and self.reader.addressable(key):
             return self.reader.get_bytes(bucket, key, uri, max_bytes)
         with _s3_errors("read", uri):
             response = self.client.get_object(Bucket=bucket, Key=key)
@@ -189,6 +189,9 @@ class S3Store:
     def put_bytes(self, uri: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
         """One PutObject, which replaces any previous object atomically."""
         bucket, key = parse_s3_uri(uri)
+        if self.reader is not None and self.reader.addressable(key):
+            self.reader.put_bytes(bucket, key, uri, data, content_type)
+            return
         with _s3_errors("write", uri):
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 

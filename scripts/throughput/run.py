@@ -109,6 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--seconds", type=float, default=None, help="time per limit measurement (default 3)"
     )
     parser.add_argument(
+        "--keep", action="store_true", help="keep the work folder (worker logs, SeaweedFS data)"
+    )
+    parser.add_argument(
         "--worker-root",
         type=Path,
         default=REPO,
@@ -165,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 delete_amqp_topology(settings)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -60,13 +60,15 @@ class InputItem:
     ``load()`` returns the image's bytes or raises ``ImageFailure`` with code
     ``not_found``, ``forbidden``, ``too_large``, ``empty_file`` or ``fetch_failed``.
     ``in_memory`` says ``load`` only hands over bytes already read (tar members), so
-    the pipeline decodes such items in chunks instead of giving each a fetch thread.
+    the pipeline decodes such items in chunks instead of giving each a fetch thread;
+    ``size`` is then their byte count (0 when unknown).
     """
 
     uri: str
     load: Callable[[], bytes]
     true_label: str | None = None
     in_memory: bool = False
+    size: int = 0
 
 
 def object_item(
@@ -364,7 +366,7 @@ def iter_tar_items(
                 uri = f"{base_uri}#{member.name}"
                 label = _member_label(member.name) if labels_from_folders else None
                 load = _read_member(archive, member, uri, max_bytes)
-                yield InputItem(uri, load, label, in_memory=True)
+                yield InputItem(uri, load, label, in_memory=True, size=member.size)
 
 
 def tar_member_offsets(stream: BinaryIO) -> Iterator[tuple[str, int, int]]:

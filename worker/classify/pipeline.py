@@ -31,21 +31,27 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from contracts import ErrorCode, ImageError, ImageResult, ModelRef
 from worker.classify.inputs import InputItem
 from worker.errors import ImageFailure, ModelError
 from worker.imaging import ImageLimits, load_image_array
 from worker.inference.batcher import BatchFailed
-from worker.inference.engine import InferenceEngine
-from worker.inference.model import Prediction
+from worker.inference.prediction import Prediction
 from worker.logs import get_logger
 from worker.settings import Settings
+
+if TYPE_CHECKING:  # torch loads with the engine, not with this module
+    from worker.inference.engine import InferenceEngine
 
 log = get_logger(__name__)
 
 DECODE_CHUNK = 32
-"""In-memory images decoded per task: amortises the hand-off, still spreads over threads."""
+"""In-memory images decoded per task at most: amortises the hand-off for small images."""
+
+CHUNK_BYTES = 256 * 1024
+"""A chunk closes once it holds this many bytes, so large images still spread over threads."""
 
 _Staged = Future[Prediction] | BaseException
 """An image on its way: its place in a batch, or why it never got one."""
@@ -126,7 +132,8 @@ def classify_items(
                     continue
                 chunk = [item]
                 room = min(config.chunk, config.window - queued)
-                while len(chunk) < room:
+                size = item.size
+                while len(chunk) < room and size < CHUNK_BYTES:
                     following = next(source, None)
                     if following is None:
                         break
@@ -134,6 +141,7 @@ def classify_items(
                         pending = following
                         break
                     chunk.append(following)
+                    size += following.size
                 in_flight.append((chunk, decoders.submit(stage_chunk, chunk)))
                 queued += len(chunk)
             if not in_flight:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -39,13 +40,15 @@ from worker.classify.results import (
 from worker.classify.sharding import plan_shards
 from worker.errors import JobRejected, ModelError
 from worker.imaging import ImageLimits
-from worker.inference.engine import InferenceEngine
 from worker.logs import get_logger
 from worker.metrics import IMAGES, JOBS
 from worker.settings import Settings
 from worker.storage import Storage
 from worker.webhooks.attempts import CallbackTarget, attempt_delivery, delivery_pending
 from worker.webhooks.delivery import DeliveryRecord, Resolver, callback_body, system_resolver
+
+if TYPE_CHECKING:  # torch loads with the engine (on first use), not with this module
+    from worker.inference.engine import InferenceEngine
 
 log = get_logger(__name__)
 

@@ -13,10 +13,12 @@ instead of growing memory.
 Two lanes: items submitted with ``urgent=True`` (interactive jobs) are taken
 before any waiting bulk item, so a one-image job never queues behind the
 thousands of images a bulk scan keeps in flight; a batch that has room takes
-bulk items after the urgent ones. ``runners`` threads form and run batches at
-once (on a CPU, one per core with one torch thread each beats one caller with
-several intra-op threads, which spin at every barrier while other threads of the
-process decode).
+bulk items after the urgent ones, and a batch led by an urgent item waits at
+most ``URGENT_WAIT_S`` for company instead of ``max_wait_ms``.
+
+``runners`` threads form and run batches at once (on a CPU, one per core with
+one torch thread each beats one caller with several intra-op threads, which spin
+at every barrier while other threads of the process decode).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 log = get_logger(__name__)
+
+URGENT_WAIT_S = 0.001
+"""The longest a batch led by an urgent item waits for more items (max_wait_ms otherwise)."""
 
 
 class BatcherClosed(RuntimeError):
@@ -169,8 +174,12 @@ class DynamicBatcher(Generic[T, R]):
                 if self._closed:
                     return None
                 self._arrived.wait()
+            urgent = bool(self._urgent)
             batch = [self._take()]
-            deadline = batch[0][2] + self._max_wait_s
+            # An interactive image waits only a moment for company: a one-image job's
+            # latency is the point, and images arriving together still share the batch.
+            wait = min(self._max_wait_s, URGENT_WAIT_S) if urgent else self._max_wait_s
+            deadline = batch[0][2] + wait
             while len(batch) < self._max_batch:
                 if self._urgent or self._bulk:
                     batch.append(self._take())

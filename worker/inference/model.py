@@ -18,17 +18,8 @@ import torch
 
 from contracts import ModelCard, ModelId
 from worker.errors import ChecksumMismatch, ModelError
+from worker.inference.prediction import Prediction
 from worker.inference.staging import PinnedStaging
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's calibrated scores and the model that produced them."""
-
-    label: str
-    confidence: float
-    scores: dict[str, float]
-    model: ModelId
 
 
 @dataclass(eq=False)

@@ -12,17 +12,17 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
 from celery import Task, signals
 
-from contracts import ClassifyShard
+from contracts import ClassifyShard, ModelRef
 from worker.classify import runner as jobs
 from worker.errors import JobRejected, StorageError
-from worker.inference.engine import InferenceEngine
 from worker.logs import get_logger
 from worker.metrics import record_batch, serve
 from worker.queue.app import app
@@ -33,6 +33,9 @@ from worker.retrain import records as retrain_records
 from worker.settings import Settings, get_settings
 from worker.storage import Storage
 from worker.webhooks.delivery import http_client
+
+if TYPE_CHECKING:  # torch loads with the engine, after the worker is ready
+    from worker.inference.engine import InferenceEngine
 
 log = get_logger(__name__)
 
@@ -55,10 +58,23 @@ class _Runtime:
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
+                    from worker.inference.engine import InferenceEngine
+
                     self._engine = InferenceEngine.from_settings(
                         self.settings, self.storage, on_batch=record_batch
                     )
         return self._engine
+
+    def warm_up(self) -> None:
+        """Create the engine and load the default model; failures are logged, not raised
+        (the first job then reports them as it would have anyway)."""
+        started = time.monotonic()
+        try:
+            self.engine().model_for(ModelRef(name=self.settings.default_model))
+        except Exception as exc:  # noqa: BLE001 - a warm-up must never take the worker down
+            log.warning("engine_warm_up_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        log.info("engine_ready", warm_up_ms=round((time.monotonic() - started) * 1e3))
 
     def client(self) -> httpx.Client:
         with self._lock:
@@ -197,6 +213,9 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         queues=sorted(app.amqp.queues.consume_from),
         concurrency=getattr(controller, "concurrency", runtime.settings.worker_concurrency),
     )
+    # The worker takes jobs from now on; torch and the default model load meanwhile
+    # (a job arriving first waits for the same load, it never starts a second one).
+    threading.Thread(target=runtime.warm_up, name="engine-warm-up", daemon=True).start()
 
 
 @signals.worker_shutdown.connect(weak=False)
