@@ -95,6 +95,7 @@ class _Runtime:
             engine=self.engine,
             enqueue_shard=self.enqueue_shard,
             enqueue_delivery=self.enqueue_delivery,
+            client=self.client,
         )
 
     def retrain_services(self) -> retrain_records.RetrainServices:
