@@ -21,7 +21,8 @@ without ever being held at once; decoded pixels are bounded process-wide by
 iterator itself (e.g. a listing that cannot be read).
 
 ``urgent`` (interactive jobs) puts the images ahead of every bulk image waiting
-for the shared batcher.
+for the shared batcher; bulk runs pause between images while interactive work is
+in flight (``worker.classify.priority``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from contracts import ErrorCode, ImageError, ImageResult, ModelRef
 from worker.classify.inputs import InputItem
+from worker.classify.priority import PRIORITY
 from worker.errors import ImageFailure, ModelError
 from worker.imaging import ImageLimits, load_image_array
 from worker.inference.batcher import BatchFailed
@@ -86,6 +88,7 @@ def classify_items(
 ) -> Iterator[ImageResult]:
     """Yield one ``ImageResult`` per input item, in input order."""
     decode_slots = threading.BoundedSemaphore(config.decode_threads)
+    pause = (lambda: None) if config.urgent else PRIORITY.yield_to_interactive
 
     def stage(data: bytes) -> _Staged:
         loaded = engine.model_for(model)
@@ -93,6 +96,7 @@ def classify_items(
         return engine.submit(pixels, loaded, config.urgent)
 
     def fetch_and_stage(item: InputItem) -> list[_Staged]:
+        pause()
         try:
             data = item.load()
             with decode_slots:
@@ -105,6 +109,7 @@ def classify_items(
     def stage_chunk(chunk: list[InputItem]) -> list[_Staged]:
         staged: list[_Staged] = []
         for item in chunk:
+            pause()
             try:
                 staged.append(stage(item.load()))
             except ModelError:
@@ -122,6 +127,7 @@ def classify_items(
     try:
         while True:
             while queued < config.window:
+                pause()
                 item = pending or next(source, None)
                 pending = None
                 if item is None:

@@ -33,6 +33,7 @@ import httpx
 from contracts import ClassifyJob, ClassifyShard, ImageResult, JobSummary
 from worker.classify.inputs import InputItem, iter_tar_items, object_item
 from worker.classify.pipeline import PipelineConfig, classify_items
+from worker.classify.priority import PRIORITY
 from worker.classify.results import (
     JSON,
     JobLayout,
@@ -83,6 +84,16 @@ class JobServices:
 
 
 def accept_job(job: ClassifyJob, services: JobServices) -> None:
+    """Check a validated job, split it, and start its shards (see ``_accept``).
+
+    Interactive jobs run marked as such: bulk pipelines of this process pause
+    for them (``worker.classify.priority``).
+    """
+    with PRIORITY.lane(job.priority):
+        _accept(job, services)
+
+
+def _accept(job: ClassifyJob, services: JobServices) -> None:
     """Check a validated job, split it, and start its shards.
 
     Raises ``JobRejected`` for what can never succeed (no such model, no secret
@@ -112,7 +123,7 @@ def accept_job(job: ClassifyJob, services: JobServices) -> None:
     done = done_shards(storage, layout) if existing else set()
     log.info("job_accepted", shards=len(shards), resumed=existing is not None)
     if len(shards) == 1:
-        run_shard(shards[0], services, fresh=record if existing is None else None)
+        _run_shard(shards[0], services, fresh=record if existing is None else None)
         return
     for shard in shards:
         if shard.index not in done:
@@ -120,6 +131,12 @@ def accept_job(job: ClassifyJob, services: JobServices) -> None:
 
 
 def run_shard(shard: ClassifyShard, services: JobServices, fresh: JobRecord | None = None) -> None:
+    """See ``_run_shard``; interactive shards run marked as interactive work."""
+    with PRIORITY.lane(shard.priority):
+        _run_shard(shard, services, fresh)
+
+
+def _run_shard(shard: ClassifyShard, services: JobServices, fresh: JobRecord | None = None) -> None:
     """Classify one shard, write its part and marker, and finalise the job if it was last.
 
     A shard whose marker exists already (a redelivery after it finished) is
