@@ -18,7 +18,9 @@ most ``URGENT_WAIT_S`` for company instead of ``max_wait_ms``.
 
 ``runners`` threads form and run batches at once (on a CPU, one per core with
 one torch thread each beats one caller with several intra-op threads, which spin
-at every barrier while other threads of the process decode).
+at every barrier while other threads of the process decode). ``urgent_runners``
+more serve the urgent lane alone: with every other runner busy on a bulk batch
+(tens of ms at 64 images), an interactive image still starts at once.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class DynamicBatcher(Generic[T, R]):
         on_batch: Callable[[BatchEvent], None] | None = None,
         name: str = "batcher",
         runners: int = 1,
+        urgent_runners: int = 0,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -110,12 +113,18 @@ class DynamicBatcher(Generic[T, R]):
         self._bulk: deque[_Entry[T, R]] = deque()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
+        self._urgent_arrived = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)
         self._closed = False
         self.stats = BatchStats()
         self._threads = [
-            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+            threading.Thread(target=self._loop, args=(False,), name=f"{name}-{i}", daemon=True)
             for i in range(runners)
+        ] + [
+            threading.Thread(
+                target=self._loop, args=(True,), name=f"{name}-urgent-{i}", daemon=True
+            )
+            for i in range(urgent_runners)
         ]
         for thread in self._threads:
             thread.start()
@@ -134,6 +143,8 @@ class DynamicBatcher(Generic[T, R]):
                 raise BatcherClosed("the batcher is closed")
             (self._urgent if urgent else self._bulk).append((item, future, time.monotonic()))
             self._arrived.notify()
+            if urgent:
+                self._urgent_arrived.notify()
         return future
 
     @property
@@ -149,6 +160,7 @@ class DynamicBatcher(Generic[T, R]):
                 return
             self._closed = True
             self._arrived.notify_all()
+            self._urgent_arrived.notify_all()
             self._room.notify_all()
         for thread in self._threads:
             thread.join(timeout)
@@ -159,12 +171,32 @@ class DynamicBatcher(Generic[T, R]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _loop(self) -> None:
+    def _loop(self, urgent_only: bool) -> None:
         while True:
-            batch = self._next_batch()
+            batch = self._next_urgent_batch() if urgent_only else self._next_batch()
             if batch is None:
                 return
             self._run(batch)
+
+    def _next_urgent_batch(self) -> list[_Entry[T, R]] | None:
+        """For urgent runners: urgent items only, so one is free whenever the others are
+        busy with bulk batches; None once closed."""
+        with self._lock:
+            while not self._urgent:
+                if self._closed:
+                    return None
+                self._urgent_arrived.wait()
+            batch = [self._urgent.popleft()]
+            deadline = batch[0][2] + min(self._max_wait_s, URGENT_WAIT_S)
+            while len(batch) < self._max_batch:
+                if self._urgent:
+                    batch.append(self._urgent.popleft())
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    break
+                self._urgent_arrived.wait(remaining)
+            return batch
 
     def _next_batch(self) -> list[_Entry[T, R]] | None:
         """Wait for an item, then fill the batch until it is full or its oldest item waited

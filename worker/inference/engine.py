@@ -67,6 +67,7 @@ class InferenceEngine:
             on_batch=on_batch,
             name="inference-batcher",
             runners=runners,
+            urgent_runners=1,
         )
 
     @classmethod

@@ -280,3 +280,26 @@ def test_several_runners_run_batches_at_once() -> None:
     with DynamicBatcher(run, max_batch=1, max_wait_ms=0, runners=2) as batcher:
         futures = [batcher.submit((0, n)) for n in range(2)]
         assert [f.result(WAIT_S) for f in futures] == [(0, 0, 0), (0, 1, 2)]
+
+
+def test_an_urgent_runner_serves_urgent_items_while_the_others_are_busy() -> None:
+    release = threading.Event()
+
+    def run(items: list[Item]) -> list[Result]:
+        if items[0][0] == 1:
+            release.wait(WAIT_S)  # a long bulk batch holds the only ordinary runner
+        return doubled(items)
+
+    with DynamicBatcher(run, max_batch=4, max_wait_ms=0, runners=1, urgent_runners=1) as batcher:
+        bulk = [batcher.submit((1, n)) for n in range(8)]
+        deadline = time.monotonic() + WAIT_S
+        while batcher.queued > 4 and time.monotonic() < deadline:
+            time.sleep(0.001)  # the ordinary runner has taken its batch and is held in run
+        urgent = batcher.submit((2, 5), urgent=True)
+        try:
+            assert urgent.result(WAIT_S) == (2, 5, 10)
+            assert not any(f.done() for f in bulk), "the bulk batch should still be held"
+        finally:
+            release.set()
+        for future in bulk:
+            future.result(WAIT_S)
