@@ -20,7 +20,9 @@ most ``URGENT_WAIT_S`` for company instead of ``max_wait_ms``.
 one torch thread each beats one caller with several intra-op threads, which spin
 at every barrier while other threads of the process decode). ``urgent_runners``
 more serve the urgent lane alone: with every other runner busy on a bulk batch
-(tens of ms at 64 images), an interactive image still starts at once.
+(tens of ms at 64 images), an interactive image still starts at once. Before a
+batch of bulk items, ordinary runners call ``yield_bulk`` (the worker passes its
+interactive-first gate), so interactive jobs get the cores while they run.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class DynamicBatcher(Generic[T, R]):
         name: str = "batcher",
         runners: int = 1,
         urgent_runners: int = 0,
+        yield_bulk: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -109,6 +112,7 @@ class DynamicBatcher(Generic[T, R]):
         self._max_wait_s = max_wait_ms / 1000.0
         self._max_queue = max_queue
         self._on_batch = on_batch
+        self._yield_bulk = yield_bulk
         self._urgent: deque[_Entry[T, R]] = deque()
         self._bulk: deque[_Entry[T, R]] = deque()
         self._lock = threading.Lock()
@@ -173,6 +177,8 @@ class DynamicBatcher(Generic[T, R]):
 
     def _loop(self, urgent_only: bool) -> None:
         while True:
+            if not urgent_only and self._yield_bulk is not None and not self._urgent:
+                self._yield_bulk()  # before a bulk batch: lets interactive work have the cores
             batch = self._next_urgent_batch() if urgent_only else self._next_batch()
             if batch is None:
                 return

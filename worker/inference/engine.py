@@ -57,6 +57,7 @@ class InferenceEngine:
         max_queue: int,
         on_batch: Callable[[BatchEvent], None] | None = None,
         runners: int = 1,
+        yield_bulk: Callable[[], None] | None = None,
     ) -> None:
         self.provider = provider
         self._batcher: DynamicBatcher[ScoringRequest, Prediction] = DynamicBatcher(
@@ -68,6 +69,7 @@ class InferenceEngine:
             name="inference-batcher",
             runners=runners,
             urgent_runners=1,
+            yield_bulk=yield_bulk,
         )
 
     @classmethod
@@ -76,8 +78,12 @@ class InferenceEngine:
         settings: Settings,
         storage: Storage,
         on_batch: Callable[[BatchEvent], None] | None = None,
+        yield_bulk: Callable[[], None] | None = None,
     ) -> InferenceEngine:
-        """Build the process's engine; CUDA is initialised here, never at import."""
+        """Build the process's engine; CUDA is initialised here, never at import.
+
+        ``yield_bulk`` is called before each batch of bulk images (see ``DynamicBatcher``).
+        """
         plan = ExecutionPlan.choose(
             select_device(settings.device),
             runners=settings.inference_threads,
@@ -98,6 +104,7 @@ class InferenceEngine:
             max_queue=settings.batch_queue_size,
             on_batch=on_batch,
             runners=plan.runners,
+            yield_bulk=yield_bulk,
         )
 
     @property

@@ -22,6 +22,7 @@ from celery import Task, signals
 
 from contracts import ClassifyShard, ModelRef
 from worker.classify import runner as jobs
+from worker.classify.priority import PRIORITY
 from worker.errors import JobRejected, StorageError
 from worker.logs import get_logger
 from worker.metrics import record_batch, serve
@@ -61,7 +62,10 @@ class _Runtime:
                     from worker.inference.engine import InferenceEngine
 
                     self._engine = InferenceEngine.from_settings(
-                        self.settings, self.storage, on_batch=record_batch
+                        self.settings,
+                        self.storage,
+                        on_batch=record_batch,
+                        yield_bulk=PRIORITY.yield_to_interactive,
                     )
         return self._engine
 
