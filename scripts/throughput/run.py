@@ -204,14 +204,18 @@ def _run(args: argparse.Namespace, settings: Settings, workdir: Path, report: Re
     object_uris = [f"{base}/cifake/{name}" for name, _ in cifake]
     blobs = [blob for _, blob in cifake]
 
+    stages: Limits | None = None
     if "limits" not in args.skip:
-        _limits(args, settings, report, object_uris, blobs, [b for _, b in large])
+        stages = Limits(args, settings, report, object_uris, blobs, [b for _, b in large])
+        stages.all()
 
     env = worker_environment(
         settings, dict(v.split("=", 1) for v in args.worker_env), args.worker_root
     )
     with callback_receiver() as (callback_url, callbacks):
-        _end_to_end(args, settings, storage, workdir, report, env, base, callback_url, callbacks)
+        _end_to_end(
+            args, settings, storage, workdir, report, env, base, callback_url, callbacks, stages
+        )
     if "naive" not in args.skip:
         _naive(args, settings, storage, workdir, report, env, object_uris)
     if "startup" not in args.skip:
@@ -219,58 +223,96 @@ def _run(args: argparse.Namespace, settings: Settings, workdir: Path, report: Re
     _ratios(report)
 
 
-def _limits(
-    args: argparse.Namespace,
-    settings: Settings,
-    report: Report,
-    uris: list[str],
-    blobs: list[bytes],
-    large: list[bytes],
-) -> None:
-    report.section("limits: each stage alone")
-    model = limits.load_default_model()
-    spec = model.card.preprocessing
-    image_limits = ImageLimits.from_settings(settings)
-    rate = limits.model_rate(model, args.seconds)
-    report.figure("raw_model", rate.per_s, "images/s", rate.how)
-    rate = limits.decode_rate(blobs, spec, image_limits, args.seconds)
-    report.figure("raw_decode", rate.per_s, "images/s", rate.how)
-    rate = limits.pillow_draft_rate(blobs, (32, 32), args.seconds)
-    report.figure("raw_decode_pillow", rate.per_s, "images/s", rate.how)
-    rate = limits.decode_rate(large, spec, image_limits, args.seconds)
-    report.figure("raw_decode_large", rate.per_s, "images/s", rate.how)
-    rate = limits.pillow_draft_rate(large, (32, 32), args.seconds)
-    report.figure("raw_decode_large_pillow", rate.per_s, "images/s", rate.how)
-    sample = uris[: args.get_sample]
-    best_get = 0.0
-    for name, measure in (
-        ("raw_get_boto3", limits.boto3_get_rate),
-        ("raw_get_obstore", limits.obstore_get_rate),
-        ("raw_get_worker", limits.worker_get_rate),
-    ):
-        for threads in (16, 64):
-            try:
-                rate = measure(settings, sample, threads)
-            except ImportError as exc:
-                print(f"{name}: not measured ({exc})")
-                break
-            report.figure(f"{name}_{threads}", rate.per_s, "objects/s", rate.how)
-            best_get = max(best_get, rate.per_s)
-    report.figure("raw_get", best_get, "objects/s", "the fastest client above")
-    count = min(len(blobs), 20_000 if not args.quick else 2_000)
-    rate = limits.plain_pipeline_rate(
-        model, blobs.__getitem__, count, spec, image_limits, limits.CORES
-    )
-    report.figure(
-        "raw_decode_model", rate.per_s, "images/s", f"plain loop, bytes in memory, {rate.how}"
-    )
-    storage = Storage.from_settings(settings)
-    rate = limits.plain_pipeline_rate(
-        model, lambda i: storage.get_bytes(sample[i]), len(sample), spec, image_limits, 32
-    )
-    report.figure(
-        "raw_get_decode_model", rate.per_s, "images/s", f"plain loop with GETs, {rate.how}"
-    )
+class Limits:
+    """The stages alone, measured in this process; ``around`` measures a phase's limits again
+    just before and after it, so its ratio compares figures taken under the same load."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        settings: Settings,
+        report: Report,
+        uris: list[str],
+        blobs: list[bytes],
+        large: list[bytes],
+    ) -> None:
+        self.args, self.settings, self.report = args, settings, report
+        self.sample = uris[: args.get_sample]
+        self.blobs, self.large = blobs, large
+        self.model = limits.load_default_model()
+        self.spec = self.model.card.preprocessing
+        self.image_limits = ImageLimits.from_settings(settings)
+        self.storage = Storage.from_settings(settings)
+
+    def measure(self, name: str, seconds: float) -> limits.Rate:
+        if name == "raw_model":
+            return limits.model_rate(self.model, seconds)
+        if name == "raw_decode":
+            return limits.decode_rate(self.blobs, self.spec, self.image_limits, seconds)
+        if name == "raw_decode_large":
+            return limits.decode_rate(self.large, self.spec, self.image_limits, seconds)
+        if name == "raw_get":
+            return limits.obstore_get_rate(self.settings, self.sample, 16)
+        if name == "raw_decode_model":
+            count = min(len(self.blobs), max(1000, int(3000 * seconds)))
+            return limits.plain_pipeline_rate(
+                self.model, self.blobs.__getitem__, count, self.spec, self.image_limits
+            )
+        raise ValueError(name)
+
+    def all(self) -> None:
+        report, seconds = self.report, self.args.seconds
+        report.section("limits: each stage alone")
+        for name, unit in (
+            ("raw_model", "images/s"),
+            ("raw_decode", "images/s"),
+            ("raw_decode_large", "images/s"),
+        ):
+            rate = self.measure(name, seconds)
+            report.figure(name, rate.per_s, unit, rate.how)
+        rate = limits.pillow_draft_rate(self.blobs, (32, 32), seconds)
+        report.figure("raw_decode_pillow", rate.per_s, "images/s", rate.how)
+        rate = limits.pillow_draft_rate(self.large, (32, 32), seconds)
+        report.figure("raw_decode_large_pillow", rate.per_s, "images/s", rate.how)
+        best_get = 0.0
+        for name, measure in (
+            ("raw_get_boto3", limits.boto3_get_rate),
+            ("raw_get_obstore", limits.obstore_get_rate),
+            ("raw_get_worker", limits.worker_get_rate),
+        ):
+            for threads in (16, 64):
+                try:
+                    rate = measure(self.settings, self.sample, threads)
+                except ImportError as exc:
+                    print(f"{name}: not measured ({exc})")
+                    break
+                report.figure(f"{name}_{threads}", rate.per_s, "objects/s", rate.how)
+                best_get = max(best_get, rate.per_s)
+        report.figure("raw_get", best_get, "objects/s", "the fastest client above")
+        rate = self.measure("raw_decode_model", seconds)
+        note = f"plain loop, bytes in memory, {rate.how}"
+        report.figure("raw_decode_model", rate.per_s, "images/s", note)
+        rate = limits.plain_pipeline_rate(
+            self.model,
+            lambda i: self.storage.get_bytes(self.sample[i]),
+            len(self.sample),
+            self.spec,
+            self.image_limits,
+            threads=32,
+        )
+        note = f"plain loop with GETs, {rate.how}"
+        report.figure("raw_get_decode_model", rate.per_s, "images/s", note)
+
+    def around(self, phase: str, names: tuple[str, ...], run: Callable[[], None]) -> None:
+        """Measure ``names`` before and after ``run``; report their means as ``<name>@<phase>``."""
+        seconds = min(self.args.seconds, 1.5)
+        before = {name: self.measure(name, seconds).per_s for name in names}
+        run()
+        for name in names:
+            after = self.measure(name, seconds).per_s
+            mean = (before[name] + after) / 2
+            note = f"before {before[name]:,.0f}, after {after:,.0f}"
+            self.report.figure(f"{name}@{phase}", mean, "images/s", note)
 
 
 def _end_to_end(
@@ -283,6 +325,7 @@ def _end_to_end(
     base: str,
     callback_url: str,
     callbacks: CallbackLog,
+    stages: Limits | None,
 ) -> None:
     report.section("synthdetect end to end: RabbitMQ, one `synthdetect worker` process")
     # A host name of its own: the machine may run other Celery workers (celery@<host>).
@@ -309,7 +352,12 @@ def _end_to_end(
         report.figure("worker_rss_idle", worker.rss_mb(), "MB")
         timeout = 3600.0
 
-        def phase(name: str, run: Callable[[], jobs.JobRun], note: str) -> None:
+        def phase(
+            name: str, run: Callable[[], jobs.JobRun], note: str, paired: tuple[str, ...] = ()
+        ) -> None:
+            if stages is not None and paired:
+                stages.around(name, paired, lambda: phase(name, run, note))
+                return
             worker.reset_peak_rss()
             result = run()
             report.figure(
@@ -333,6 +381,7 @@ def _end_to_end(
                     timeout,
                 ),
                 "prefix job, enqueue -> summary",
+                ("raw_get", "raw_decode_model"),
             )
         if "tar" not in args.skip:
             phase(
@@ -347,6 +396,7 @@ def _end_to_end(
                     timeout,
                 ),
                 "tar job, enqueue -> summary",
+                ("raw_model", "raw_decode"),
             )
         if "large" not in args.skip:
             phase(
@@ -361,6 +411,7 @@ def _end_to_end(
                     timeout,
                 ),
                 "1-4 MP JPEGs in a tar, enqueue -> summary",
+                ("raw_decode_large",),
             )
         uris = [f"{base}/cifake/{key}" for key in _keys(storage, base, args.one_image_jobs)]
         if "latency" not in args.skip:
@@ -546,46 +597,35 @@ def _ratios(report: Report) -> None:
     v = report.values
     print(f"\n== ratios (one run, same data)  [load {_load()}]", flush=True)
 
-    def have(*names: str) -> bool:
-        return all(name in v for name in names)
+    def limit(name: str, phase: str) -> float | None:
+        """The limit measured around the phase, else the one from the limits section."""
+        return v.get(f"{name}@{phase}", v.get(name))
 
-    if have("e2e_objects", "raw_get", "raw_decode_model"):
-        report.ratio(
-            "e2e_objects / min(raw_get, raw_decode_model)",
-            v["e2e_objects"] / min(v["raw_get"], v["raw_decode_model"]),
-            ">=0.8",
-        )
-    if have("e2e_tar", "raw_decode", "raw_model"):
-        report.ratio(
-            "e2e_tar / min(raw_decode, raw_model)",
-            v["e2e_tar"] / min(max(v["raw_decode"], v.get("raw_decode_pillow", 0)), v["raw_model"]),
-            ">=0.8",
-        )
-    if have("e2e_tar", "raw_decode_model"):
-        report.ratio(
-            "e2e_tar / raw_decode_model (the plain loop)", v["e2e_tar"] / v["raw_decode_model"]
-        )
-    if have("e2e_large", "raw_decode_large"):
-        report.ratio(
-            "e2e_large / raw_decode_large",
-            v["e2e_large"] / max(v["raw_decode_large"], v.get("raw_decode_large_pillow", 0)),
-            ">=0.8",
-        )
-    if have("e2e_objects", "naive"):
+    def ratio(text: str, phase: str, names: tuple[str, ...], target: str | None) -> None:
+        found = [limit(name, phase) for name in names]
+        if f"e2e_{phase}" in v and all(found):
+            report.ratio(text, v[f"e2e_{phase}"] / min(x for x in found if x), target)
+
+    ratio("e2e_objects / min(raw_get, raw_decode_model)", "objects",
+          ("raw_get", "raw_decode_model"), ">=0.8")  # fmt: skip
+    ratio("e2e_tar / min(raw_decode, raw_model)", "tar", ("raw_decode", "raw_model"), ">=0.8")
+    ratio("e2e_tar / raw_decode_model (the plain loop)", "tar", ("raw_decode_model",), None)
+    ratio("e2e_large / raw_decode_large", "large", ("raw_decode_large",), ">=0.8")
+    if "e2e_objects" in v and "naive" in v:
         report.ratio("e2e_objects / naive", v["e2e_objects"] / v["naive"], ">=10")
     for name, bound in (
         ("one_image_idle_p50", 30),
         ("one_image_idle_p99", 100),
         ("one_image_under_bulk_p99", 250),
     ):
-        if have(name):
+        if name in v:
             report.ratio(f"{name} / {bound} ms", v[name] / bound, "<=1")
     for name in ("peak_rss_bulk", "peak_rss_huge", "peak_rss_big"):
-        if have(name):
+        if name in v:
             report.ratio(f"{name} / 1536 MB", v[name] / 1536, "<=1")
-    if have("classify_one_image"):
+    if "classify_one_image" in v:
         report.ratio("classify_one_image / 2 s", v["classify_one_image"] / 2, "<=1")
-    if have("worker_ready"):
+    if "worker_ready" in v:
         report.ratio("worker_ready / 3 s", v["worker_ready"] / 3, "<=1")
 
 
