@@ -106,10 +106,14 @@ def pipeline(batch: int, shards: int, images_per_shard: int) -> float:
 
 def jpeg_decoding(count: int) -> None:
     photos = [data for _, data in large_photos(count)]
-    spec = ModelProvider(
-        ModelRegistry.from_settings(Settings(), Storage.from_settings(Settings())),
-        torch.device("cpu"),
-    ).get(ModelRef()).card.preprocessing
+    spec = (
+        ModelProvider(
+            ModelRegistry.from_settings(Settings(), Storage.from_settings(Settings())),
+            torch.device("cpu"),
+        )
+        .get(ModelRef())
+        .card.preprocessing
+    )
     limits = ImageLimits.from_settings(Settings())
     started = time.perf_counter()
     with ThreadPoolExecutor(os.cpu_count()) as pool:
@@ -128,9 +132,7 @@ def jpeg_decoding(count: int) -> None:
     for i in range(0, count, 64):
         decoded = decode_jpeg(tensors[i : i + 64], device="cuda")
         resized = [
-            torch.nn.functional.interpolate(
-                image[None].float(), size=spec.input_size, mode="area"
-            )
+            torch.nn.functional.interpolate(image[None].float(), size=spec.input_size, mode="area")
             for image in decoded
         ]
         torch.stack([r[0] for r in resized]).to(torch.uint8).cpu()
@@ -148,7 +150,9 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=512)
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: this benchmark needs a GPU (scripts/bench is the CPU one)")
+        raise SystemExit(
+            "no CUDA device: this benchmark needs a GPU (scripts/bench is the CPU one)"
+        )
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, {os.cpu_count()} CPU cores")
     plan = ExecutionPlan.choose(torch.device("cuda"))
     plan.apply()
