@@ -28,6 +28,7 @@ from worker.inference.batcher import BatchFailed
 from worker.inference.engine import InferenceEngine
 from worker.inference.model import Prediction
 from worker.logs import get_logger
+from worker.metrics import timed_stage
 from worker.settings import Settings
 
 log = get_logger(__name__)
@@ -61,9 +62,10 @@ def classify_items(
     decode_slots = threading.BoundedSemaphore(config.decode_threads)
 
     def prepare(item: InputItem) -> Future[Prediction]:
-        data = item.load()
+        with timed_stage("fetch"):
+            data = item.load()
         loaded = engine.model_for(model)
-        with decode_slots:
+        with decode_slots, timed_stage("decode"):
             pixels = load_image_array(data, limits, loaded.card.preprocessing)
         del data
         return engine.submit(pixels, loaded)

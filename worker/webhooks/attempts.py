@@ -24,7 +24,7 @@ import httpx
 from contracts import Callback
 from worker.errors import JobRejected, ObjectNotFound
 from worker.logs import get_logger
-from worker.metrics import CALLBACK_ATTEMPTS
+from worker.metrics import CALLBACK_ATTEMPTS, timed_stage
 from worker.settings import Settings
 from worker.storage import Storage
 from worker.webhooks.delivery import (
@@ -86,17 +86,18 @@ def attempt_delivery(
     secret = settings.webhook_secret_for(target.callback.secret_ref)
     if secret is None:
         raise JobRejected(f"callback secret_ref {target.callback.secret_ref!r} is not configured")
-    attempt = deliver_attempt(
-        client,
-        str(target.callback.url),
-        target.job_id,
-        body(),
-        secret.get_secret_value(),
-        len(delivery.attempts) + 1,
-        RetryPolicy.from_settings(settings),
-        settings.callback_allowlist,
-        resolve,
-    )
+    with timed_stage("callback"):
+        attempt = deliver_attempt(
+            client,
+            str(target.callback.url),
+            target.job_id,
+            body(),
+            secret.get_secret_value(),
+            len(delivery.attempts) + 1,
+            RetryPolicy.from_settings(settings),
+            settings.callback_allowlist,
+            resolve,
+        )
     delivery.attempts.append(attempt)
     delivery.state = "pending" if attempt.outcome == "retry" else attempt.outcome
     storage.put_bytes(target.record_uri, delivery.model_dump_json(indent=1).encode(), JSON)
