@@ -145,7 +145,9 @@ RETRAIN_SECONDS = Histogram(
 )
 READY = Gauge(
     "synthdetect_ready",
-    "1 while the worker's readiness checks pass (what /readyz answers), else 0.",
+    "1 while the worker's readiness checks pass (what /readyz answers), else 0; by role "
+    "(classify, or retrain for a worker consuming only the retrain queue).",
+    ["role"],
 )
 
 METRICS: tuple[MetricWrapperBase, ...] = (

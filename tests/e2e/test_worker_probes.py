@@ -119,7 +119,14 @@ def test_ready_once_the_model_is_warm_and_every_dependency_answers(
     assert live["checks"]["batcher"]["detail"] == "running"
     samples = metric_samples(amqp_worker.settings.metrics_port)
     wait_until(
-        lambda: metric_samples(amqp_worker.settings.metrics_port)["synthdetect_ready"] == 1.0,
+        lambda: (
+            matching(
+                metric_samples(amqp_worker.settings.metrics_port),
+                "synthdetect_ready",
+                role="classify",
+            )
+            == 1.0
+        ),
         30,
         "synthdetect_ready to become 1",
     )

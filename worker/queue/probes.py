@@ -141,6 +141,7 @@ class Prober:
     ) -> None:
         self.settings = settings
         self._engine_factory = engine
+        self.role = "classify" if engine is not None else "retrain"
         self._engine: InferenceEngine | None = None
         self._queues = queues
         probe_settings = settings.model_copy(
@@ -198,7 +199,7 @@ class Prober:
     def _loop(self) -> None:
         while True:
             self.probe_once()
-            READY.set(1.0 if self.ready() else 0.0)
+            READY.labels(self.role).set(1.0 if self.ready() else 0.0)
             time.sleep(PROBE_INTERVAL_S)
 
     def ready(self) -> bool:
