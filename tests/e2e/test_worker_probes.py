@@ -2,10 +2,11 @@
 
 What each probe says is checked against what really happens to the worker:
 ready once the model is warm and the broker, S3 and the registry answer; not
-ready while S3 is unreachable, after the SQS endpoint went away (yet still
-live: restarting would not bring the broker back), and from SIGTERM on while
-the worker finishes what it holds. The container's health-check command
-(``python -m worker.health``) is run against the same process.
+ready while S3 is unreachable, while RabbitMQ is down or the SQS endpoint went
+away (yet still live: restarting would not bring the broker back) and ready again
+when RabbitMQ returns, and from SIGTERM on while the worker finishes what it holds.
+The container's health-check command (``python -m worker.health``) is run against
+the same process.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tests.support.brokers import (
 )
 from tests.support.callbacks import CallbackReceiver
 from tests.support.ops import get_probe, matching, metric_samples, slow_receiver
+from tests.support.rabbitmq_node import PrivateRabbitMQ
 from tests.support.waiting import wait_until
 from worker.queue.producer import producer_app, submit_job
 from worker.queue.topology import setup_sqs_queues
@@ -310,3 +312,38 @@ def test_sqs_worker_is_ready_then_not_ready_but_live_when_sqs_goes_away(
         assert status == 200, live
     finally:
         worker.stop()
+
+
+def test_a_broker_outage_fails_readiness_not_liveness_and_readiness_returns_with_it(
+    e2e_s3: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    broker = PrivateRabbitMQ()
+    broker.start()
+    worker = None
+    try:
+        settings = worker_settings(e2e_s3, broker_url=broker.url, queue_prefix=unique_prefix("out"))
+        log_path = tmp_path_factory.mktemp("outage-worker") / "worker.log"
+        worker = start_worker(worker_command(settings), settings, log_path)
+        port = settings.metrics_port
+        wait_ready(worker)
+        broker.stop()
+
+        def broker_failing() -> dict[str, object] | None:
+            status, body = get_probe(port, "/readyz")
+            return body if status == 503 and "broker" in body["failing"] else None
+
+        body = wait_until(broker_failing, 60, "/readyz to report the broker", interval_s=0.5)
+        checks = body["checks"]
+        assert isinstance(checks, dict)
+        assert checks["broker"]["detail"] == "not connected to the broker"
+        status, live = get_probe(port, "/livez")
+        assert status == 200, live
+        assert live["checks"]["consumer"]["detail"].startswith("not connected")
+
+        broker.start()
+        wait_ready(worker)
+        assert get_probe(port, "/livez")[0] == 200
+    finally:
+        if worker is not None:
+            worker.stop()
+        broker.remove()
