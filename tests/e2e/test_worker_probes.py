@@ -318,9 +318,9 @@ def test_a_broker_outage_fails_readiness_not_liveness_and_readiness_returns_with
     e2e_s3: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     broker = PrivateRabbitMQ()
-    broker.start()
     worker = None
     try:
+        broker.start()
         settings = worker_settings(e2e_s3, broker_url=broker.url, queue_prefix=unique_prefix("out"))
         log_path = tmp_path_factory.mktemp("outage-worker") / "worker.log"
         worker = start_worker(worker_command(settings), settings, log_path)
