@@ -24,7 +24,7 @@ import httpx
 from contracts import Callback
 from worker.errors import JobRejected, ObjectNotFound
 from worker.logs import get_logger
-from worker.metrics import CALLBACK_ATTEMPTS, timed_stage
+from worker.metrics import CALLBACK_ATTEMPTS, STAGE_SECONDS
 from worker.settings import Settings
 from worker.storage import Storage
 from worker.webhooks.delivery import (
@@ -86,22 +86,22 @@ def attempt_delivery(
     secret = settings.webhook_secret_for(target.callback.secret_ref)
     if secret is None:
         raise JobRejected(f"callback secret_ref {target.callback.secret_ref!r} is not configured")
-    with timed_stage("callback"):
-        attempt = deliver_attempt(
-            client,
-            str(target.callback.url),
-            target.job_id,
-            body(),
-            secret.get_secret_value(),
-            len(delivery.attempts) + 1,
-            RetryPolicy.from_settings(settings),
-            settings.callback_allowlist,
-            resolve,
-        )
+    attempt = deliver_attempt(
+        client,
+        str(target.callback.url),
+        target.job_id,
+        body(),
+        secret.get_secret_value(),
+        len(delivery.attempts) + 1,
+        RetryPolicy.from_settings(settings),
+        settings.callback_allowlist,
+        resolve,
+    )
     delivery.attempts.append(attempt)
     delivery.state = "pending" if attempt.outcome == "retry" else attempt.outcome
     storage.put_bytes(target.record_uri, delivery.model_dump_json(indent=1).encode(), JSON)
     CALLBACK_ATTEMPTS.labels(attempt.outcome).inc()
+    STAGE_SECONDS.labels("callback").observe(attempt.duration_ms / 1000)
     log.info(
         "callback_attempt",
         attempt=attempt.attempt,
