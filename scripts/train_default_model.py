@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from contracts import Calibration, ModelId, Preprocessing, TrainingInfo
@@ -92,53 +93,55 @@ def main() -> None:
     parser.add_argument(
         "--validation", type=int, default=2000, help="images held back for calibration"
     )
-    parser.add_argument("--teacher-epochs", type=float, default=8)
-    parser.add_argument("--teacher-cache", type=Path, default=Path(".cache/teacher-lite0.pt"))
+    parser.add_argument("--teachers", type=int, default=2, help="teacher ensemble size")
+    parser.add_argument("--teacher-epochs", type=float, default=15)
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(".cache/default-model"),
+        help="trained teachers and students are kept here and reused by a rerun",
+    )
+    parser.add_argument(
+        "--stop-after", choices=["teachers", "student"], help="end after this stage (cached)"
+    )
     parser.add_argument(
         "--student",
-        default="lite0:9",
+        default="lite0:11",
         help="lite0:<blocks> (truncated ImageNet EfficientNet-Lite0) or synthnet:<widths,...>",
     )
-    parser.add_argument("--student-epochs", type=float, default=8)
-    parser.add_argument("--distill-alpha", type=float, default=0.5)
+    parser.add_argument("--student-epochs", type=float, default=30)
+    parser.add_argument("--distill-alpha", type=float, default=0.7)
     parser.add_argument("--flip-tta", action="store_true", help="export mirrored-view averaging")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--registry", default=str(BUNDLED_MODELS))
     parser.add_argument("--name", default="default")
-    parser.add_argument("--version", default="1")
+    parser.add_argument("--version", default="2")
     args = parser.parse_args()
     started = time.monotonic()
     settings = Settings()
     spec = Preprocessing(input_size=(32, 32), mean=IMAGENET.mean, std=IMAGENET.std)
 
     data, train_report = load(args.train_tar, spec, settings)
-    test, _ = load(args.test_tar, spec, settings)
     fit_idx, val_idx = stratified_split(data.labels, args.validation / len(data), seed=args.seed)
     fit, val = data.subset(fit_idx), data.subset(val_idx)
 
-    teacher = EfficientNetLite0(len(data.label_names), stem_stride=1)
-    if args.teacher_cache.exists():
-        teacher.load_state_dict(torch.load(args.teacher_cache, weights_only=True))
-        print(f"teacher loaded from {args.teacher_cache}")
-    else:
-        teacher.load_imagenet()
-        cfg = TrainConfig(
-            epochs=args.teacher_epochs, batch_size=64, lr=2e-3, bf16=False, seed=args.seed
-        )
-        train_classifier(
-            teacher, fit.images, fit.labels, IMAGENET, cfg, on_epoch=log_epoch("teacher")
-        )
-        args.teacher_cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(teacher.state_dict(), args.teacher_cache)
-    teacher.eval()
-    teacher_val = (predict_logits(teacher, val.images, IMAGENET).argmax(1) == val.labels).mean()
-    print(f"teacher validation accuracy {teacher_val:.4f}")
+    teachers = [
+        train_teacher(args, fit, seed=args.seed + k, classes=len(data.label_names))
+        for k in range(args.teachers)
+    ]
+    val_logits = [predict_logits(t, val.images, IMAGENET, flip_tta=True) for t in teachers]
+    for k, logits in enumerate(val_logits):
+        print(f"teacher {k} validation accuracy (flip TTA) {accuracy(logits, val.labels):.4f}")
+    teacher_val = accuracy(np.mean(val_logits, axis=0), val.labels)
+    print(f"teacher ensemble validation accuracy {teacher_val:.4f}", flush=True)
+    if args.stop_after == "teachers":
+        return
 
     student, architecture, student_start, student_cfg = build_student(
         args.student, len(data.label_names), args.student_epochs, args.distill_alpha, args.seed
     )
     student_started = time.monotonic()
-    soft_targets = teacher_views(teacher, fit.images, IMAGENET)
+    soft_targets = ensemble_targets(teachers, fit.images)
     train_classifier(
         student,
         fit.images,
@@ -150,6 +153,7 @@ def main() -> None:
     )
     student_s = time.monotonic() - student_started
 
+    test, _ = load(args.test_tar, spec, settings)
     final = FlipAveraged(student) if args.flip_tta else student
     temperature = fit_temperature(predict_logits(final, val.images, IMAGENET), val.labels)
     test_logits = predict_logits(final, test.images, IMAGENET)
@@ -215,6 +219,44 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def train_teacher(
+    args: argparse.Namespace, fit: LabelledImages, *, seed: int, classes: int
+) -> torch.nn.Module:
+    """A whole EfficientNet-Lite0 (stem stride 1) fine-tuned on ``fit``, or its cached weights."""
+    teacher = EfficientNetLite0(classes, stem_stride=1)
+    cached = args.cache / f"teacher-lite0-e{args.teacher_epochs:g}-s{seed}-v{args.validation}.pt"
+    if cached.exists():
+        teacher.load_state_dict(torch.load(cached, weights_only=True))
+        print(f"teacher loaded from {cached}")
+        return teacher.eval()
+    teacher.load_imagenet()
+    cfg = teacher_config(args.teacher_epochs, seed)
+    train_classifier(teacher, fit.images, fit.labels, IMAGENET, cfg, on_epoch=log_epoch("teacher"))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(teacher.state_dict(), cached)
+    return teacher.eval()
+
+
+def teacher_config(epochs: float, seed: int) -> TrainConfig:
+    return TrainConfig(
+        epochs=epochs, batch_size=64, lr=2e-3, bf16=False, seed=seed, shift_per_image=True
+    )
+
+
+def ensemble_targets(teachers: list[torch.nn.Module], images: np.ndarray) -> np.ndarray:
+    """(N, 2, classes) soft targets: the teachers' logits averaged over members and mirror views.
+
+    Averaging the two views gives both the flip-TTA teacher's answer, which is
+    better than either view's alone (the v1 teacher: 97.92 % against 97.77 %).
+    """
+    views = np.mean([teacher_views(t, images, IMAGENET) for t in teachers], axis=0)
+    return np.repeat(views.mean(axis=1, keepdims=True), 2, axis=1).astype(np.float32)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
 
 
 def build_student(
