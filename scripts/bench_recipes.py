@@ -22,9 +22,9 @@ import tempfile
 import time
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from bench_retrain import DATA, sample_dataset
 
 from worker.classify.inputs import expand_paths
 from worker.imaging import ImageLimits
@@ -35,6 +35,11 @@ from worker.retrain.training.loop import TrainConfig, predict_logits, train_clas
 from worker.retrain.training.splits import stratified_folds, stratified_split
 from worker.settings import Settings
 from worker.storage import Storage
+
+if TYPE_CHECKING:  # mypy checks scripts/ as the package it is
+    from scripts.bench_retrain import DATA, sample_dataset
+else:  # run as `python scripts/bench_recipes.py`: its folder is on sys.path
+    from bench_retrain import DATA, sample_dataset
 
 DEFAULT_RUNS = (
     "3:base,3:lr=1e-3,3:lr=3e-3,3:batch_size=32,3:warmup_share=0.1,"

@@ -25,7 +25,9 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,9 +69,15 @@ def sample_dataset(
                 chosen = rng.sample(chosen, per_class)
             (target / label).mkdir(parents=True, exist_ok=True)
             for member in chosen:
-                data = archive.extractfile(member).read()  # type: ignore[union-attr]
+                file = archive.extractfile(member)
+                assert file is not None, f"{member.name} is not a regular file"
+                data = file.read()
                 (target / label / Path(member.name).name).write_bytes(data)
     return target
+
+
+def _print_progress(budget: float, started: float, message: str) -> None:
+    print(f"  [{budget:g} s budget, at {time.monotonic() - started:5.1f} s] {message}", flush=True)
 
 
 def main() -> None:
@@ -115,14 +123,14 @@ def main() -> None:
                 [str(folder)], storage, settings.max_image_bytes, labels_from_folders=True
             )
 
-        rows = []
+        rows: list[dict[str, Any]] = []
         for budget in (float(b) for b in args.budgets.split(",")):
             registry = ModelRegistry(storage, [str(root / f"registry-{budget:g}")])
             request = RetrainRequest(
                 model="bench",
                 source=f"dev-train.tar sample ({args.per_class} per class)",
-                items=lambda: folder_items(train_dir),
-                holdout_items=None if holdout_dir is None else lambda: folder_items(holdout_dir),
+                items=partial(folder_items, train_dir),
+                holdout_items=None if holdout_dir is None else partial(folder_items, holdout_dir),
                 budget=Budget(seconds=budget),
                 folds=args.folds,
                 promotion=PromotionPolicy(mode="always"),
@@ -135,9 +143,7 @@ def main() -> None:
                 settings,
                 storage,
                 registry,
-                on_progress=lambda m, b=budget, t0=started: print(
-                    f"  [{b:g} s budget, at {time.monotonic() - t0:5.1f} s] {m}", flush=True
-                ),
+                on_progress=partial(_print_progress, budget, started),
             )
             wall = time.monotonic() - started
             assert summary.model is not None

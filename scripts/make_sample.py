@@ -34,7 +34,9 @@ def main() -> None:
             target = OUT / folder
             target.mkdir(parents=True, exist_ok=True)
             for member in chosen:
-                data = archive.extractfile(member).read()  # type: ignore[union-attr]
+                file = archive.extractfile(member)
+                assert file is not None, f"{member.name} is not a regular file"
+                data = file.read()
                 (target / Path(member.name).name).write_bytes(data)
             print(f"{len(chosen)} {source} images -> {target}")
 

@@ -285,7 +285,8 @@ class FlipAveraged(torch.nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.net(x) + self.net(x.flip(3))) / 2
+        logits: torch.Tensor = (self.net(x) + self.net(x.flip(3))) / 2
+        return logits
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -24,7 +25,7 @@ _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
 ]
 
 
-def configure_logging(settings: Settings, stream: object = None) -> None:
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging to one stream (default stderr) in one format."""
     out = stream or sys.stderr
     as_json = settings.log_format == "json" or (
@@ -52,7 +53,7 @@ def configure_logging(settings: Settings, stream: object = None) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(out)  # type: ignore[arg-type]
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

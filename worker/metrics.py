@@ -28,19 +28,24 @@ CALLBACK_ATTEMPTS = Counter(
 DEAD_LETTERS = Counter("synthdetect_dead_letters_total", "Messages sent to the dead-letter queue.")
 
 
-class BatchStats(Protocol):
-    """What one inference batch reports (``worker.inference.batcher.BatchEvent``)."""
+class BatchReport(Protocol):
+    """What one inference batch reports (``worker.inference.batcher.BatchEvent``, frozen)."""
 
-    size: int
-    run_s: float
-    oldest_wait_s: float
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def run_s(self) -> float: ...
+
+    @property
+    def oldest_wait_s(self) -> float: ...
 
 
 _started = threading.Lock()
 _serving: set[int] = set()
 
 
-def record_batch(event: BatchStats) -> None:
+def record_batch(event: BatchReport) -> None:
     """The engine's ``on_batch`` hook."""
     BATCH_SIZE.observe(event.size)
     BATCH_SECONDS.observe(event.run_s)

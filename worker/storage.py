@@ -32,6 +32,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from worker.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, StorageError
 
 if TYPE_CHECKING:
+    from botocore.response import StreamingBody
+    from types_boto3_s3 import S3Client
+
     from worker.settings import Settings
 
 S3_SCHEME = "s3://"
@@ -120,7 +123,7 @@ class S3Store:
     maximum is 1000).
     """
 
-    def __init__(self, client: Any, page_size: int = 1000) -> None:
+    def __init__(self, client: S3Client, page_size: int = 1000) -> None:
         self.client = client
         self.page_size = page_size
 
@@ -167,11 +170,12 @@ class S3Store:
         if end is not None and end <= start:
             return io.BytesIO(b"")
         bucket, key = parse_s3_uri(uri)
-        ranged = {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
         with _s3_errors("read", uri):
-            response = self.client.get_object(
-                Bucket=bucket, Key=key, **(ranged if start or end is not None else {})
-            )
+            if start or end is not None:
+                byte_range = f"bytes={start}-{'' if end is None else end - 1}"
+                response = self.client.get_object(Bucket=bucket, Key=key, Range=byte_range)
+            else:
+                response = self.client.get_object(Bucket=bucket, Key=key)
         return io.BufferedReader(_S3Body(response["Body"], uri), _STREAM_BUFFER_BYTES)
 
     def put_bytes(self, uri: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
@@ -269,7 +273,7 @@ def _map_client_error(exc: ClientError, action: str, uri: str) -> StorageError:
 class _S3Body(io.RawIOBase):
     """A GetObject body as a raw stream whose read failures are ``StorageError``."""
 
-    def __init__(self, body: Any, uri: str) -> None:
+    def __init__(self, body: StreamingBody, uri: str) -> None:
         self._body = body
         self._uri = uri
 

@@ -380,7 +380,8 @@ def tar_member_offsets(stream: BinaryIO) -> Iterator[tuple[str, int, int]]:
 def _members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     while (member := archive.next()) is not None:
         # In stream mode tarfile keeps every header it has read; drop them as we go.
-        archive.members.clear()
+        # ``members`` is that list: undocumented, so typeshed leaves it out.
+        archive.members.clear()  # type: ignore[attr-defined]
         yield member
 
 

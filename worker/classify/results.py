@@ -194,7 +194,7 @@ def assemble_summary(markers: list[ShardDone], record: JobRecord, layout: JobLay
     duration = max((finished - started).total_seconds(), 0.0)
     return JobSummary(
         job_id=record.job.job_id,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         models=list(models),
         counts=total.to_counts(),
         timings=Timings(

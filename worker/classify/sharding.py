@@ -62,13 +62,16 @@ def plan_shards(
     try:
         if isinstance(inputs, TarInput):
             slices = _tar_slices(inputs.tar, storage, shard_size, max_images)
-            pieces: list[dict[str, object]] = [{"tar_slice": piece} for piece in slices]
+            # Each shard carries either its items or its tar slice.
+            pieces: list[tuple[list[ShardItem] | None, TarSlice | None]] = [
+                (None, piece) for piece in slices
+            ]
         else:
             items = _count_checked(_shard_items(job, storage), max_images)
-            pieces = [{"items": chunk} for chunk in batched(items, shard_size)]
+            pieces = [(chunk, None) for chunk in batched(items, shard_size)]
     except ObjectNotFound as exc:
         raise JobRejected(f"input not found: {exc}") from exc
-    pieces = pieces or [{"items": []}]
+    pieces = pieces or [([], None)]
     return [
         ClassifyShard(
             job_id=job.job_id,
@@ -77,9 +80,10 @@ def plan_shards(
             priority=job.priority,
             index=index,
             count=len(pieces),
-            **piece,  # type: ignore[arg-type]
+            items=shard_items,
+            tar_slice=tar_slice,
         )
-        for index, piece in enumerate(pieces)
+        for index, (shard_items, tar_slice) in enumerate(pieces)
     ]
 
 

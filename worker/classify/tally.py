@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 from contracts import Counts, ErrorCode, ImageResult, ModelId
 
@@ -61,7 +62,7 @@ class ResultTally:
             for label, n in sorted(self.seen_by_true_label.items())
         }
 
-    def status(self) -> str:
+    def status(self) -> Literal["succeeded", "partial", "failed"]:
         """``succeeded`` (all labelled), ``partial`` (some), ``failed`` (none)."""
         if self.failed == 0 and self.total > 0:
             return "succeeded"

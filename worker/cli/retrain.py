@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import click
 from rich.console import Console
+from rich.status import Status
 
 from contracts import Budget, PromotionPolicy
 from worker.classify.inputs import InputItem, expand_paths
@@ -68,7 +69,8 @@ def train(
         holdout_share=holdout_share,
         budget=Budget(seconds=parse_duration(budget_text), trials=trials),
         folds=folds,
-        promotion=PromotionPolicy(mode=promotion, margin=margin),  # type: ignore[arg-type]
+        # click.Choice keeps ``promotion`` to the policy's modes; validation says so if not.
+        promotion=PromotionPolicy.model_validate({"mode": promotion, "margin": margin}),
         seed=seed,
         job_id=f"local-{int(time.time())}",
     )
@@ -87,6 +89,6 @@ def train(
     click.echo(summary.model_dump_json(indent=2))
 
 
-def _progress(console: Console, status: object, message: str, started: float) -> None:
+def _progress(console: Console, status: Status, message: str, started: float) -> None:
     console.log(f"[{time.monotonic() - started:6.1f} s] {message}")
-    status.update(message)  # type: ignore[attr-defined]
+    status.update(message)

@@ -13,7 +13,6 @@ import click
 from pydantic import ValidationError
 
 from contracts import (
-    Callback,
     ClassifyJob,
     ManifestInput,
     ModelRef,
@@ -103,7 +102,7 @@ def submit(
                 "model": ModelRef.parse(model or settings.default_model),
                 "inputs": inputs_from_uris(uris),
                 "output": OutputLocation(uri=output),
-                "callback": Callback(url=callback, secret_ref=secret_ref) if callback else None,
+                "callback": {"url": callback, "secret_ref": secret_ref} if callback else None,
                 "priority": priority,
             }
         )

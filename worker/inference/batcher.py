@@ -62,7 +62,8 @@ class BatchEvent:
     failed: bool
 
 
-_STOP = object()
+_Entry = tuple[T, Future[R], float]
+"""A queued item, the future its caller waits on, and when it was queued (monotonic)."""
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -89,7 +90,8 @@ class DynamicBatcher(Generic[T, R]):
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000.0
         self._on_batch = on_batch
-        self._queue: queue.Queue[tuple[T, Future[R], float] | object] = queue.Queue(max_queue)
+        # None is the stop marker ``close`` puts behind the last item.
+        self._queue: queue.Queue[_Entry[T, R] | None] = queue.Queue(max_queue)
         self._closed = threading.Event()
         self._submit_lock = threading.Lock()
         self.stats = BatchStats()
@@ -112,7 +114,7 @@ class DynamicBatcher(Generic[T, R]):
             if self._closed.is_set():
                 return
             self._closed.set()
-        self._queue.put(_STOP)
+        self._queue.put(None)
         self._thread.join(timeout)
 
     def __enter__(self) -> DynamicBatcher[T, R]:
@@ -124,16 +126,16 @@ class DynamicBatcher(Generic[T, R]):
     def _loop(self) -> None:
         while True:
             first = self._queue.get()
-            if first is _STOP:
+            if first is None:
                 return
             batch = [first]
-            deadline = first[2] + self._max_wait_s  # type: ignore[index]
+            deadline = first[2] + self._max_wait_s
             stop_after = self._fill(batch, deadline)
-            self._run(batch)  # type: ignore[arg-type]
+            self._run(batch)
             if stop_after:
                 return
 
-    def _fill(self, batch: list[object], deadline: float) -> bool:
+    def _fill(self, batch: list[_Entry[T, R]], deadline: float) -> bool:
         """Add items until the batch is full or the deadline passes; True if STOP was seen."""
         while len(batch) < self._max_batch:
             remaining = deadline - time.monotonic()
@@ -145,26 +147,26 @@ class DynamicBatcher(Generic[T, R]):
                 )
             except queue.Empty:
                 return False
-            if item is _STOP:
+            if item is None:
                 # Drain what is still queued before stopping: close() promises to finish it.
                 self._drain_rest(batch)
                 return True
             batch.append(item)
         return False
 
-    def _drain_rest(self, batch: list[object]) -> None:
+    def _drain_rest(self, batch: list[_Entry[T, R]]) -> None:
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if item is not _STOP:
+            if item is not None:
                 batch.append(item)
                 if len(batch) >= self._max_batch:
-                    self._run(batch)  # type: ignore[arg-type]
+                    self._run(batch)
                     batch.clear()
 
-    def _run(self, batch: list[tuple[T, Future[R], float]]) -> None:
+    def _run(self, batch: list[_Entry[T, R]]) -> None:
         # Items whose caller cancelled the future are skipped; the rest can no longer be
         # cancelled, so setting their results below cannot raise InvalidStateError.
         batch = [entry for entry in batch if entry[1].set_running_or_notify_cancel()]

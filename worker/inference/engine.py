@@ -36,7 +36,7 @@ class ScoringRequest:
 
 def score_requests(requests: list[ScoringRequest]) -> list[Prediction]:
     """Run a batch: one forward pass per distinct model, results back in request order."""
-    results: list[Prediction | None] = [None] * len(requests)
+    results: dict[int, Prediction] = {}
     by_model: dict[int, list[int]] = {}
     for i, request in enumerate(requests):
         by_model.setdefault(id(request.model), []).append(i)
@@ -45,7 +45,7 @@ def score_requests(requests: list[ScoringRequest]) -> list[Prediction]:
         predictions = model.predict(np.stack([requests[i].pixels for i in indices]))
         for i, prediction in zip(indices, predictions, strict=True):
             results[i] = prediction
-    return results  # type: ignore[return-value]
+    return [results[i] for i in range(len(requests))]
 
 
 class InferenceEngine:

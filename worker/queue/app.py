@@ -141,7 +141,7 @@ def create_app(settings: Settings) -> Celery:
             sender.conf.broker_transport_options = sqs_transport_options(settings, urls)
 
         if settings.sqs_endpoint_url:
-            celery.conf.broker_url = sqs_broker_url(settings)
+            celery.conf.update(broker_url=sqs_broker_url(settings))
     celery.steps["consumer"].add(TopologySetup)
     celery.steps["consumer"].add(PlainJsonIngest)
     return celery

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from celery import Celery
 
@@ -27,6 +27,9 @@ from worker.logs import get_logger
 from worker.metrics import DEAD_LETTERS
 from worker.queue.topology import QueueNames, amqp_queues, dead_letter_exchange, sqs_client
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from types_boto3_sqs import SQSClient
 
 log = get_logger(__name__)
 
@@ -84,7 +87,7 @@ class AmqpDeadLetters:
 class SqsDeadLetters:
     """Sends a plain JSON body (not a kombu envelope) to the dead-letter SQS queue."""
 
-    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+    def __init__(self, settings: Settings, client: SQSClient | None = None) -> None:
         self._client = client or sqs_client(settings)
         self._dead = QueueNames.from_settings(settings).dead
         self._url: str | None = None

@@ -125,7 +125,8 @@ class _IngestHandler:
         self._dead = dead_letter_sink(app, settings)
 
     def __call__(self, message: Message) -> None:
-        body = message.body
+        # Bytes from AMQP, str from SQS; an empty body is rejected by ``parse_job`` like any other.
+        body: bytes | str = message.body or b""
         try:
             job = parse_job(body, self._settings.max_message_bytes)
         except JobRejected as rejected:

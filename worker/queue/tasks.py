@@ -128,7 +128,7 @@ class _Runtime:
 runtime = _Runtime(get_settings())
 
 
-class JobTask(Task):  # type: ignore[misc]
+class JobTask(Task[..., None]):
     """Retries transient storage failures; dead-letters whatever fails for good."""
 
     autoretry_for = (StorageError,)

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from kombu import Connection, Exchange, Queue
 
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from types_boto3_sqs import SQSClient
 
 TASK_ACCEPT = "synthdetect.accept_job"
 TASK_SHARD = "synthdetect.classify_shard"
@@ -141,14 +144,14 @@ def declare_amqp_topology(connection: Connection, settings: Settings) -> None:
 # --- SQS ---------------------------------------------------------------------------
 
 
-def sqs_client(settings: Settings) -> Any:
+def sqs_client(settings: Settings) -> SQSClient:
     """A boto3 SQS client; credentials come from the AWS chain."""
     return boto3.session.Session().client(
         "sqs", region_name=settings.sqs_region, endpoint_url=settings.sqs_endpoint_url
     )
 
 
-def setup_sqs_queues(settings: Settings, client: Any | None = None) -> dict[str, str]:
+def setup_sqs_queues(settings: Settings, client: SQSClient | None = None) -> dict[str, str]:
     """Create the queues if missing (dead-letter queue first); returns URLs by name.
 
     Work queues get ``RedrivePolicy`` (``maxReceiveCount = max_redeliveries + 1``)
@@ -176,7 +179,7 @@ def setup_sqs_queues(settings: Settings, client: Any | None = None) -> dict[str,
     return urls
 
 
-def sqs_queue_urls(settings: Settings, client: Any | None = None) -> dict[str, str]:
+def sqs_queue_urls(settings: Settings, client: SQSClient | None = None) -> dict[str, str]:
     """URLs of the existing queues by name (raises botocore's error if one is missing)."""
     client = client or sqs_client(settings)
     names = QueueNames.from_settings(settings)
@@ -186,7 +189,7 @@ def sqs_queue_urls(settings: Settings, client: Any | None = None) -> dict[str, s
     }
 
 
-def delete_sqs_queues(settings: Settings, client: Any | None = None) -> None:
+def delete_sqs_queues(settings: Settings, client: SQSClient | None = None) -> None:
     """Remove every queue of the prefix (tests and teardown)."""
     client = client or sqs_client(settings)
     for url in sqs_queue_urls(settings, client).values():

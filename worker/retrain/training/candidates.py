@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 import torch
@@ -192,15 +192,13 @@ def training_speed(
     candidate = Candidate(family, config, spec, depth, neck=neck)
     net = candidate.build(2).to(memory_format=torch.channels_last).train()
     x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    forward = net
+    forward: Callable[[torch.Tensor], torch.Tensor] = net
     if frozen_blocks:
         assert isinstance(net, EfficientNetLite0)
         net.split_modules(frozen_blocks)[0].requires_grad_(False)
         with torch.no_grad():
             x = net.prefix_features(x, frozen_blocks).contiguous(memory_format=torch.channels_last)
-
-        def forward(features: torch.Tensor) -> torch.Tensor:
-            return net.forward_from(features, frozen_blocks)
+        forward = partial(net.forward_from, blocks=frozen_blocks)
 
     trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-3)

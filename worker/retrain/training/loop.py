@@ -58,6 +58,11 @@ class TrainConfig:
         return asdict(self)
 
 
+def _rgb(values: np.ndarray) -> tuple[float, float, float]:
+    red, green, blue = (float(v) for v in values)
+    return red, green, blue
+
+
 @dataclass(frozen=True)
 class Normalisation:
     """Per-channel mean and std on the [0, 1] scale, as in the model card."""
@@ -69,9 +74,7 @@ class Normalisation:
     def of(cls, images: np.ndarray) -> Normalisation:
         """Statistics of a uint8 NHWC image set."""
         flat = images.reshape(-1, 3).astype(np.float64) / 255.0
-        mean = flat.mean(axis=0)
-        std = flat.std(axis=0)
-        return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))  # type: ignore[arg-type]
+        return cls(_rgb(flat.mean(axis=0)), _rgb(flat.std(axis=0)))
 
     def apply(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> normalised float NCHW (channels_last memory)."""
@@ -219,7 +222,8 @@ class _WholeNetwork:
         return augment(x, flip, translate, generator, per_image=per_image)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        logits: torch.Tensor = self.net(x)
+        return logits
 
     def finish(self, precise_bn: bool) -> None:
         if precise_bn:

@@ -51,7 +51,8 @@ class ResidualBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x + self.bn2(self.conv2(self.conv1(x))))
+        out: torch.Tensor = self.act(x + self.bn2(self.conv2(self.conv1(x))))
+        return out
 
 
 class SynthNet(nn.Module):
@@ -75,7 +76,8 @@ class SynthNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x)).flatten(1)
-        return self.head(self.dropout(x))
+        logits: torch.Tensor = self.head(self.dropout(x))
+        return logits
 
 
 def count_parameters(module: nn.Module) -> int:
