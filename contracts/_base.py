@@ -4,12 +4,29 @@ Every contract model is strict: unknown fields and wrong types are rejected, and
 pydantic's error names the offending field (``inputs.uris.uris.3``: the input
 kind, then the field and index), which the worker copies verbatim into the
 dead-letter reason.
+
+Strictness is pydantic's strict mode, set once on ``Contract`` so no field can
+forget it, and the wire is validated *as JSON*. Strict JSON validation is exactly
+the rule a producer can rely on: no string-to-number (``"seconds": "60"``),
+number-to-string (``"job_id": 42``), float-to-int (``"cv_folds": 5.0``) or
+bool-to-number coercion, while the JSON-native forms of non-JSON types still
+parse: enums and literals from their strings, datetimes from ISO 8601 strings,
+tuples from arrays. Strict *Python* validation would reject those JSON-native
+forms (it wants an ``ErrorCode``, a ``datetime``, a ``tuple``), and lax
+validation would accept the coercions, so:
+
+- JSON text goes through ``Model.model_validate_json`` (results, model cards, bodies);
+- an already decoded JSON value (a Celery task argument, a ``json.loads`` result)
+  goes through ``Model.from_json_value``, which validates it in JSON mode;
+- Python code builds messages from Python objects (``ErrorCode.NOT_FOUND``,
+  ``datetime``, tuples) with the constructor or ``model_validate``.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -29,19 +46,38 @@ SchemaVersion = Literal[1]
 class Contract(BaseModel):
     """Base of every message: strict, immutable, no extra fields."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    @classmethod
+    def from_json_value(cls, value: object) -> Self:
+        """Validate a decoded JSON value (dicts, lists, str, int, float, bool, None) by the
+        wire's rules, as if it were still JSON text: ISO datetimes and enum strings parse,
+        coercions do not. Raises ``ValidationError``; a value JSON cannot hold (a Python
+        ``datetime``, a set) raises ``TypeError``: it did not come off the wire.
+        """
+        return cls.model_validate_json(json.dumps(value))
 
 
-_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
+S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\n]*)?$"
+"""An ``s3://bucket/key`` address: lower-case bucket name of 3-63 characters, any key
+without a line break. Written in the common subset of Python's and ECMA-262's regex
+syntax, so the JSON Schema states exactly the rule the model enforces."""
+
+_S3_URI = re.compile(S3_URI_PATTERN)
 
 
 def _check_s3_uri(value: str) -> str:
-    if not _S3_URI.match(value):
+    if not _S3_URI.fullmatch(value):
         raise ValueError("must look like s3://bucket/key (lower-case bucket name, 3-63 chars)")
     return value
 
 
-S3Uri = Annotated[str, AfterValidator(_check_s3_uri), Field(examples=["s3://images/2026/11/a.jpg"])]
+S3Uri = Annotated[
+    str,
+    AfterValidator(_check_s3_uri),
+    # The validator's rule, restated for the schema (the validator keeps the friendlier message).
+    Field(examples=["s3://images/2026/11/a.jpg"], json_schema_extra={"pattern": S3_URI_PATTERN}),
+]
 """An ``s3://bucket/key`` address; the key may be empty for a whole bucket."""
 
 JobId = Annotated[

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, AwareDatetime, Field, NonNegativeInt, model_validator
+from pydantic import AnyHttpUrl, AwareDatetime, ConfigDict, Field, NonNegativeInt, model_validator
 
 from contracts._base import (
     Contract,
@@ -18,6 +18,9 @@ from contracts._base import (
 
 MAX_URIS_PER_MESSAGE = 10_000
 """Longer lists belong in a manifest object: it keeps broker messages small."""
+
+HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]"
+"""What the JSON Schema can say of ``AnyHttpUrl``: an http(s) scheme and a host."""
 
 
 class UriListInput(Contract):
@@ -63,7 +66,7 @@ class OutputLocation(Contract):
 class Callback(Contract):
     """A webhook that receives the signed job summary (Standard Webhooks)."""
 
-    url: AnyHttpUrl
+    url: AnyHttpUrl = Field(json_schema_extra={"pattern": HTTP_URL_PATTERN})
     secret_ref: str = Field(
         default="default",
         pattern=r"^[a-z0-9_\-]{1,64}$",
@@ -93,6 +96,15 @@ class ClassifyJob(Contract):
 
 class Budget(Contract):
     """How much search a retrain may do; at least one limit is required."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            # _one_limit, for the schema: seconds defaults to 300, so only an explicit
+            # "seconds": null needs trials.
+            "if": {"required": ["seconds"], "properties": {"seconds": {"type": "null"}}},
+            "then": {"required": ["trials"], "properties": {"trials": {"type": "integer"}}},
+        }
+    )
 
     seconds: float | None = Field(default=300.0, gt=0, le=7 * 24 * 3600)
     trials: int | None = Field(default=None, ge=1, le=1000)
@@ -186,7 +198,25 @@ class ClassifyShard(Contract):
     Workers cut these from a ``ClassifyJob`` and keep the whole job next to its
     results (``<output>/<job_id>/job.json``), so a shard carries only what scoring
     needs. Producers never send shards.
+
+    The schema states "items or tar_slice, not both"; "index < count" compares two
+    fields, which JSON Schema cannot express, so only the model checks it.
     """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["items"],
+                    "properties": {"items": {"type": "array"}, "tar_slice": {"type": "null"}},
+                },
+                {
+                    "required": ["tar_slice"],
+                    "properties": {"tar_slice": {"type": "object"}, "items": {"type": "null"}},
+                },
+            ]
+        }
+    )
 
     schema_version: SchemaVersion = 1
     job_id: JobId

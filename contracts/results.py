@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, Field, NonNegativeInt, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, NonNegativeInt, model_validator
 
 from contracts._base import Contract, JobId, Label, ModelId, SchemaVersion
 from contracts.errors import ErrorCode, ImageError
@@ -16,6 +16,29 @@ class ImageResult(Contract):
     ``confidence`` is the calibrated probability of ``label``; ``scores`` holds the
     calibrated probability of every label and sums to 1.
     """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            # _label_xor_error, for the schema: an absent field is null.
+            "oneOf": [
+                {
+                    "title": "labelled",
+                    "required": ["label", "confidence", "scores"],
+                    "properties": {
+                        "label": {"type": "string"},
+                        "confidence": {"type": "number"},
+                        "scores": {"type": "object"},
+                        "error": {"type": "null"},
+                    },
+                },
+                {
+                    "title": "failed",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "object"}, "label": {"type": "null"}},
+                },
+            ]
+        }
+    )
 
     schema_version: SchemaVersion = 1
     uri: str

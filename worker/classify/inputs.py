@@ -320,7 +320,7 @@ def _csv_rows(lines: Iterable[str], manifest_uri: str) -> Iterator[ShardItem]:
 
 def _manifest_row(fields: dict[str, Any], manifest_uri: str, number: int) -> ShardItem:
     try:
-        row = ShardItem.model_validate(fields)
+        row = ShardItem.from_json_value(fields)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or 'row'}: {error['msg']}"

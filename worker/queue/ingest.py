@@ -52,9 +52,15 @@ def parse_job(body: bytes | str, max_bytes: int) -> ClassifyJob:
 
 
 def validate_job(data: Any) -> ClassifyJob:
-    """A ``ClassifyJob`` from decoded JSON; ``JobRejected`` lists every invalid field."""
+    """A ``ClassifyJob`` from decoded JSON; ``JobRejected`` lists every invalid field.
+
+    Validated by the wire's strict JSON rules (``Contract.from_json_value``): the
+    Celery task receives the job as a dict decoded from JSON, and a dict passed in
+    Python mode would accept neither ISO datetimes (too strict) nor refuse ``"60"``
+    for a number (if lax).
+    """
     try:
-        return ClassifyJob.model_validate(data)
+        return ClassifyJob.from_json_value(data)
     except ValidationError as exc:
         raise JobRejected(f"schema violation: {describe_validation_error(exc)}") from exc
 

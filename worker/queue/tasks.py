@@ -169,7 +169,7 @@ def accept_job(job: dict[str, Any]) -> None:
 @app.task(name=TASK_SHARD, base=JobTask)
 def classify_shard(shard: dict[str, Any]) -> None:
     """One shard of a split job."""
-    parsed = ClassifyShard.model_validate(shard)
+    parsed = ClassifyShard.from_json_value(shard)
     with structlog.contextvars.bound_contextvars(job_id=parsed.job_id, shard=parsed.index):
         jobs.run_shard(parsed, runtime.services())
 

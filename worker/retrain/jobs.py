@@ -64,9 +64,13 @@ before ``retrain_timeout_s`` runs out."""
 
 
 def parse_retrain_job(data: Any) -> RetrainJob:
-    """A ``RetrainJob`` from decoded JSON; ``JobRejected`` lists every invalid field."""
+    """A ``RetrainJob`` from decoded JSON; ``JobRejected`` lists every invalid field.
+
+    Strict in the JSON sense (``Contract.from_json_value``): ``"seconds": "60"`` or
+    ``"cv_folds": 5.0`` are rejected, ISO datetimes and enum strings are accepted.
+    """
     try:
-        return RetrainJob.model_validate(data)
+        return RetrainJob.from_json_value(data)
     except ValidationError as exc:
         raise JobRejected(f"schema violation: {describe_validation_error(exc)}") from exc
 

@@ -165,17 +165,17 @@ ERROR = {"code": "not_found", "message": "no object"}
 )
 def test_an_image_result_has_a_label_or_an_error_never_both(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match="either a label or an error"):
-        ImageResult.model_validate(fields)
+        ImageResult.from_json_value(fields)
 
 
 def test_a_labelled_image_result_needs_its_confidence_and_scores() -> None:
     with pytest.raises(ValidationError, match="needs confidence and scores"):
-        ImageResult.model_validate({**LABELLED, "scores": None})
+        ImageResult.from_json_value({**LABELLED, "scores": None})
 
 
 def test_an_unknown_error_code_is_named() -> None:
     with pytest.raises(ValidationError) as exc:
-        ImageResult.model_validate({"uri": "a.jpg", "error": {"code": "oops", "message": "m"}})
+        ImageResult.from_json_value({"uri": "a.jpg", "error": {"code": "oops", "message": "m"}})
     assert error_paths(exc) == ["error.code"]
 
 
@@ -223,7 +223,7 @@ def test_a_tar_slice_uri_is_checked_and_named() -> None:
 def test_model_card_needs_a_hex_sha256_and_two_labels() -> None:
     card = json.loads((EXAMPLES_DIR / "model-card.json").read_text())
     with pytest.raises(ValidationError) as exc:
-        ModelCard.model_validate({**card, "sha256": "not-hex", "labels": ["real"]})
+        ModelCard.from_json_value({**card, "sha256": "not-hex", "labels": ["real"]})
     assert sorted(error_paths(exc)) == ["labels", "sha256"]
 
 
