@@ -29,12 +29,23 @@ from contracts.jobs import (
 from contracts.model_card import (
     Calibration,
     DataSummary,
+    DomainSummary,
     EvaluationMetrics,
+    FeatureSummary,
     ModelCard,
     Preprocessing,
     TrainingInfo,
 )
-from contracts.results import Counts, ImageResult, JobSummary, RetrainSummary, Timings
+from contracts.results import (
+    Counts,
+    DomainCheck,
+    ImageResult,
+    JobSummary,
+    Provenance,
+    ProvenanceSource,
+    RetrainSummary,
+    Timings,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -45,8 +56,11 @@ __all__ = [
     "ClassifyShard",
     "Counts",
     "DataSummary",
+    "DomainCheck",
+    "DomainSummary",
     "ErrorCode",
     "EvaluationMetrics",
+    "FeatureSummary",
     "Holdout",
     "ImageError",
     "ImageResult",
@@ -61,6 +75,8 @@ __all__ = [
     "PrefixInput",
     "Preprocessing",
     "PromotionPolicy",
+    "Provenance",
+    "ProvenanceSource",
     "RetrainJob",
     "RetrainSummary",
     "ShardItem",

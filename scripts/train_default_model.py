@@ -42,6 +42,12 @@ from worker.retrain.training.dataset import (
     data_summary,
     load_labelled_images,
 )
+from worker.retrain.training.domain import (
+    DomainScored,
+    domain_summary,
+    fit_domain,
+    tap_features,
+)
 from worker.retrain.training.efficientnet_lite import START_POINT, EfficientNetLite0
 from worker.retrain.training.export import build_card, export_torchscript
 from worker.retrain.training.loop import (
@@ -62,6 +68,11 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake"
 IMAGENET = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CIFAKE_LABELS = {"fake": "synthetic"}
 """CIFAKE's folders are REAL and FAKE; synthdetect's labels are real and synthetic."""
+CIFAKE_DOMAIN = (
+    "CIFAKE: 32x32 JPEG thumbnails of CIFAR-10 photographs (10 object classes: planes, cars, "
+    "birds, cats, deer, dogs, frogs, horses, ships, trucks) and of Stable Diffusion 1.4 "
+    "images of the same classes"
+)
 
 
 def load(tar: Path, spec: Preprocessing, settings: Settings) -> tuple[LabelledImages, LoadReport]:
@@ -116,6 +127,12 @@ def main() -> None:
     parser.add_argument("--registry", default=str(BUNDLED_MODELS))
     parser.add_argument("--name", default="default")
     parser.add_argument("--version", default="2")
+    parser.add_argument(
+        "--promote",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="point the production alias at the new version (only once it meets its targets)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     settings = Settings()
@@ -141,47 +158,76 @@ def main() -> None:
         args.student, len(data.label_names), args.student_epochs, args.distill_alpha, args.seed
     )
     student_started = time.monotonic()
-    soft_targets = ensemble_targets(teachers, fit.images)
-    train_classifier(
-        student,
-        fit.images,
-        fit.labels,
-        IMAGENET,
-        student_cfg,
-        teacher_logits=soft_targets,
-        on_epoch=log_epoch("student"),
+    cached = args.cache / (
+        f"student-{args.student.replace(':', '-')}-e{args.student_epochs:g}"
+        f"-a{args.distill_alpha:g}-t{args.teachers}x{args.teacher_epochs:g}-s{args.seed}.pt"
     )
+    if cached.exists():
+        student.load_state_dict(torch.load(cached, weights_only=True))
+        student.eval()
+        print(f"student loaded from {cached}")
+    else:
+        train_classifier(
+            student,
+            fit.images,
+            fit.labels,
+            IMAGENET,
+            student_cfg,
+            teacher_logits=ensemble_targets(teachers, fit.images),
+            on_epoch=log_epoch("student"),
+        )
+        torch.save(student.state_dict(), cached)
     student_s = time.monotonic() - student_started
+    for tta in (False, True):
+        logits = predict_logits(student, val.images, IMAGENET, flip_tta=tta)
+        view = " (flip TTA)" if tta else ""
+        print(f"student validation accuracy{view} {accuracy(logits, val.labels):.4f}")
+    if args.stop_after == "student":
+        return
+
+    final = FlipAveraged(student) if args.flip_tta else student
+    val_logits_final = predict_logits(final, val.images, IMAGENET)
+    temperature = fit_temperature(val_logits_final, val.labels)
+    domain = fit_domain(final, IMAGENET, fit.images, fit.labels, val.images, seed=args.seed)
+    scored = DomainScored(final, domain)
 
     test, _ = load(args.test_tar, spec, settings)
-    final = FlipAveraged(student) if args.flip_tta else student
-    temperature = fit_temperature(predict_logits(final, val.images, IMAGENET), val.labels)
     test_logits = predict_logits(final, test.images, IMAGENET)
     raw = evaluation_metrics(softmax(test_logits), test.labels, test.label_names, "dev-test.tar")
     heldout = evaluation_metrics(
         softmax(test_logits, temperature), test.labels, test.label_names, "dev-test.tar"
     )
     val_metrics = evaluation_metrics(
-        softmax(predict_logits(final, val.images, IMAGENET), temperature),
+        softmax(val_logits_final, temperature),
         val.labels,
         val.label_names,
         f"{len(val)} images held back from dev-train.tar",
     )
+    test_scores = domain.scores(tap_features(final, test.images, IMAGENET, domain.taps))
+    test_coverage = float((test_scores <= domain.threshold).mean())
 
-    model_bytes = export_torchscript(final, spec.input_size)
+    model_bytes = export_torchscript(scored, spec.input_size)
+    teacher_cfg = teacher_config(args.teacher_epochs, args.seed)
     training = TrainingInfo(
         data=data_summary(fit, args.train_tar.name, train_report),
         start=f"{student_start} (distilled from {START_POINT} fine-tuned on the same data)",
         recipe=(
-            f"teacher: EfficientNet-Lite0 (ImageNet), stem stride 1, {args.teacher_epochs} epochs; "
-            f"student: {architecture}, {args.student_epochs} epochs, "
-            f"distillation alpha {args.distill_alpha}; flips + 2 px translations; "
-            f"{'flip TTA in the model; ' if args.flip_tta else ''}temperature scaling"
+            f"teachers: {args.teachers} x EfficientNet-Lite0 (ImageNet), stem stride 1, "
+            f"{args.teacher_epochs:g} epochs each, seeds from {args.seed}; "
+            f"student: {architecture}, {args.student_epochs:g} epochs, distillation alpha "
+            f"{args.distill_alpha:g} towards the teachers' logits averaged over members and "
+            "mirror views; flips + 2 px translations per image; "
+            f"{'flip TTA in the model; ' if args.flip_tta else ''}temperature scaling and the "
+            f"domain threshold on the {len(val)} held-back images"
         ),
         hyperparameters={
+            "teacher": teacher_cfg.as_dict(),
+            "teachers": args.teachers,
             "student": student_cfg.as_dict(),
             "student_architecture": architecture,
             "flip_tta": args.flip_tta,
+            "validation_images": len(val),
+            "domain_taps": list(domain.taps),
         },
         seed=args.seed,
         duration_s=round(time.monotonic() - started, 1),
@@ -198,14 +244,17 @@ def main() -> None:
         calibration=Calibration(temperature=temperature, ece_before=raw.ece, ece_after=heldout.ece),
         training=training,
         metrics={"heldout": heldout, "validation": val_metrics},
+        domain=domain_summary(fit.sources, domain, CIFAKE_DOMAIN, narrow=True),
     )
     registry = ModelRegistry(Storage.from_settings(settings), [args.registry])
     registry.publish(card, model_bytes)
-    registry.write_alias(args.name, AliasRecord(version=args.version))
+    if args.promote:
+        registry.write_alias(args.name, AliasRecord(version=args.version))
     print(
         json.dumps(
             {
                 "model": ModelId(name=args.name, version=args.version).model_dump(),
+                "promoted": args.promote,
                 "accuracy": heldout.accuracy,
                 "per_class": heldout.per_class_accuracy,
                 "ece": heldout.ece,
@@ -213,6 +262,9 @@ def main() -> None:
                 "temperature": temperature,
                 "size_bytes": len(model_bytes),
                 "teacher_validation": float(teacher_val),
+                "validation_accuracy": val_metrics.accuracy,
+                "domain_threshold": domain.threshold,
+                "domain_coverage_dev_test": test_coverage,
                 "student_train_s": round(student_s),
                 "total_s": round(time.monotonic() - started),
             },

@@ -21,11 +21,14 @@ from worker.imaging import ImageLimits
 from worker.logs import configure_logging
 from worker.review.report import DEFAULT_MAX_THUMBNAILS, REPORT_CONTENT_TYPE, render_report
 from worker.review.views import (
+    DOMAIN_FILTERS,
     SORT_ORDERS,
+    DomainFilter,
     Review,
     ReviewQuery,
     SortOrder,
     agreement,
+    domain_state,
     load_labels,
     load_results,
     select,
@@ -58,6 +61,11 @@ _AGREEMENT_MARKS = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}
     help="Only rows where prediction and true label agree (or disagree).",
 )
 @click.option("--errors", "errors_only", is_flag=True, help="Only images that failed.")
+@click.option(
+    "--domain",
+    type=click.Choice(DOMAIN_FILTERS),
+    help="Only images whose domain check said in, out (labelled or abstained) or unknown.",
+)
 @click.option("--limit", type=click.IntRange(min=0), help="At most this many rows.")
 @click.option("--html", "html_uri", help="Write the HTML report here (a path or s3:// URI).")
 @click.option("--positive", help="The ROC curve's positive class (default: second label).")
@@ -77,6 +85,7 @@ def review(
     true_label: str | None,
     agree: bool | None,
     errors_only: bool,
+    domain: str | None,
     limit: int | None,
     html_uri: str | None,
     positive: str | None,
@@ -92,6 +101,7 @@ def review(
             true=true_label,
             agree=agree,
             errors_only=errors_only,
+            domain=cast(DomainFilter | None, domain),
             limit=limit,
         )
     except ValueError as exc:
@@ -127,6 +137,7 @@ def _print_review(console: Console, chosen: Review) -> None:
         table.add_column("confidence", justify="right")
         table.add_column("true")
         table.add_column("agree")
+        table.add_column("domain")
         for row in chosen.rows:
             table.add_row(*_row_cells(row))
         console.print(table)
@@ -140,7 +151,7 @@ def _print_review(console: Console, chosen: Review) -> None:
             table.add_row(escape(row.uri), row.error.code.value, escape(row.error.message))
         console.print(table)
     Console(stderr=True).print(
-        f"{len(chosen.rows)} rows and {len(chosen.errors)} failed images "
+        f"{len(chosen.rows)} rows and {len(chosen.errors)} failed or abstained images "
         f"selected of {chosen.total} results"
     )
 
@@ -152,4 +163,5 @@ def _row_cells(row: ImageResult) -> tuple[str, ...]:
         f"{row.confidence or 0.0:.3f}",
         escape(row.true_label or "-"),
         _AGREEMENT_MARKS[agreement(row)],
+        domain_state(row),
     )
