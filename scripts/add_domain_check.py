@@ -29,7 +29,7 @@ from contracts import ModelId, ModelRef
 from scripts.train_default_model import CIFAKE_DOMAIN, DATA, IMAGENET, load
 from worker.inference.registry import ModelRegistry
 from worker.retrain.training.domain import DomainScored, domain_summary, fit_domain
-from worker.retrain.training.efficientnet_lite import EfficientNetLite0
+from worker.retrain.training.efficientnet_lite import EfficientNetLite0, MBConv
 from worker.retrain.training.export import export_torchscript
 from worker.retrain.training.loop import predict_logits
 from worker.retrain.training.splits import stratified_split
@@ -57,6 +57,8 @@ def rebuild_lite0(module: torch.jit.ScriptModule, stem_stride: int, depth: int) 
             conv.weight.copy_(weight)
             bn.weight.fill_(1.0)
             bn.bias.copy_(bias)
+            assert bn.running_mean is not None
+            assert bn.running_var is not None
             bn.running_mean.zero_()
             bn.running_var.fill_(1.0 - bn.eps)
         weight, bias = (_constant(i) for i in list(linear[0].inputs())[1:3])
@@ -69,6 +71,7 @@ def _conv_bn_pairs(net: EfficientNetLite0) -> list[tuple[nn.Module, nn.Module]]:
     """Every convolution and the BatchNorm after it, in execution order."""
     pairs: list[tuple[nn.Module, nn.Module]] = [(net._conv_stem, net._bn0)]
     for block in net._blocks:
+        assert isinstance(block, MBConv)
         if block.has_expand:
             pairs.append((block._expand_conv, block._bn0))
         pairs.append((block._depthwise_conv, block._bn1))

@@ -58,7 +58,7 @@ PHOTO_FUNCTIONS = (
 
 def source_photos() -> list[tuple[str, Image.Image]]:
     """The shippable photographs, as RGB Pillow images."""
-    import matplotlib.cbook
+    import matplotlib
     import skimage.data
 
     photos = []
@@ -67,8 +67,8 @@ def source_photos() -> list[tuple[str, Image.Image]]:
         if array.ndim == 2:
             array = np.stack([array] * 3, axis=-1)
         photos.append((name, Image.fromarray(array[..., :3].astype(np.uint8)).convert("RGB")))
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-        photos.append(("grace_hopper", Image.open(f).convert("RGB")))
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    photos.append(("grace_hopper", Image.open(path).convert("RGB")))
     return photos
 
 

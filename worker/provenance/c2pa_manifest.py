@@ -175,8 +175,8 @@ def _signer(manifest: dict[str, Any]) -> str | None:
 
 
 def _why_not_validated(store: dict[str, Any], state: str | None) -> str:
-    codes = [
-        s.get("code")
+    codes: list[str] = [
+        str(s["code"])
         for s in store.get("validation_status") or []
         if isinstance(s, dict) and isinstance(s.get("code"), str)
     ]

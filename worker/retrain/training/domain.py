@@ -76,7 +76,7 @@ class TapGaussians:
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         z = features.astype(np.float64) @ self.whiten
-        d2 = ((z[:, None, :] - self.means[None]) ** 2).sum(-1).min(1)
+        d2: np.ndarray = ((z[:, None, :] - self.means[None]) ** 2).sum(-1).min(1)
         return d2 / self.scale
 
 
@@ -92,7 +92,8 @@ class DomainFit:
 
     def scores(self, taps: Sequence[np.ndarray]) -> np.ndarray:
         per_tap = [g.distances(f) for g, f in zip(self.gaussians, taps, strict=True)]
-        return np.sum(np.stack(per_tap, axis=1), axis=1)
+        total: np.ndarray = np.stack(per_tap, axis=1).sum(axis=1)
+        return total
 
     def summary(self, names: list[str]) -> FeatureSummary:
         held = self.heldout_scores
@@ -181,7 +182,7 @@ class DomainScored(nn.Module):
             self.register_buffer(f"scale{i}", torch.tensor(g.scale, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, found = self.net.forward_taps(x, self.taps)
+        logits, found = self.net.forward_taps(x, self.taps)  # type: ignore[operator]
         scores = []
         for i, f in enumerate(found):
             z = f.float() @ getattr(self, f"whiten{i}")

@@ -172,7 +172,7 @@ class EfficientNetLite0(nn.Module):
         """Where the domain check looks: the last blocks of the 40- and 80-channel stages
         (8x8 and 4x4 maps at 32 px), which separated unfamiliar images best (see
         ``worker.retrain.training.domain``); the pooled features in a shorter network."""
-        channels = [block._bn2.num_features for block in self._blocks]
+        channels = [int(block._bn2.num_features) for block in self._blocks]  # type: ignore[union-attr,arg-type]
         ends = [
             i
             for i, c in enumerate(channels)
