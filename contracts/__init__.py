@@ -3,6 +3,10 @@
 Messages: ``ClassifyJob`` and ``RetrainJob`` (producers send them), ``ImageResult``,
 ``JobSummary`` and ``RetrainSummary`` (the worker writes them), ``ModelCard`` (next
 to every model file). ``ClassifyShard`` is internal to workers.
+
+``pip install synthdetect`` installs this package and pydantic, nothing else.
+``contracts.producer`` publishes jobs as plain JSON to RabbitMQ or SQS (with the
+``producer`` extra: kombu, boto3); ``contracts.schema_files`` writes the JSON Schemas.
 """
 
 from contracts._base import SCHEMA_VERSION, ModelId, ModelRef, describe_validation_error

@@ -1,4 +1,4 @@
-"""Bare-network CPU throughput of the architectures the README compares, side by side.
+"""Bare-network CPU throughput of the default-model candidates, side by side.
 
     python scripts/bench_architectures.py              # batch 64, 3 s each
     python scripts/bench_architectures.py --batch 32 --seconds 5
@@ -6,7 +6,7 @@
 Untrained networks (speed does not depend on the weights), exported exactly as
 training exports them (traced, frozen TorchScript), fed channels_last float
 tensors: the cost of the network alone, without decoding or normalisation.
-The README's accuracy-vs-speed table of default-model candidates uses it.
+docs/default-model.md's accuracy-vs-speed table of candidates uses it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from worker.retrain.training.nets import SynthNet, SynthNetSpec
 
 
 def candidates() -> dict[str, torch.nn.Module]:
-    """The default-model candidates, by the names the README uses."""
+    """The default-model candidates, by the names docs/default-model.md uses."""
     nets: dict[str, torch.nn.Module] = {
         f"Lite0 cut after block {depth}": EfficientNetLite0(2, stem_stride=1, depth=depth)
         for depth in (8, 9, 10, 11)

@@ -7,7 +7,7 @@
 Measures ``LoadedModel.predict_proba`` (normalisation, forward pass, softmax: what
 the engine runs per batch) on uint8 images, after a warm-up, for a fixed time
 per batch size, and prints images/s and latency per batch. The best batch size
-is the README's throughput figure.
+is the throughput figure in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 
 Images go through the serving preprocessing and the model's own calibrated
 probabilities (exactly what ``synthdetect classify`` reports). CIFAKE's folder
-name ``FAKE`` counts as the label ``synthetic``. These are the README's figures.
+name ``FAKE`` counts as the label ``synthetic``. These are the figures in docs/default-model.md.
 """
 
 from __future__ import annotations

@@ -17,4 +17,5 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy  # strict; files and settings: [tool.mypy] in pyproject.toml
 .venv/bin/python -m pytest "$@"

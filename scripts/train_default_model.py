@@ -3,7 +3,7 @@
     python scripts/train_default_model.py            # full recipe (about 25 min on 2 CPU cores)
     python scripts/train_default_model.py --help
 
-Recipe (the numbers in the README come from this script's last lines):
+Recipe (the numbers in docs/default-model.md come from this script's last lines):
 
 1. Decode ``dev-train.tar`` through the serving preprocessing (32x32 RGB); hold
    back a stratified validation split for early decisions and calibration.

@@ -259,7 +259,13 @@ class Settings(BaseSettings):
         default=10, ge=1, le=50, description="Callback attempts before delivery is given up."
     )
     callback_backoff_base_s: float = Field(
-        default=5.0, gt=0, description="Delay after the first failed attempt; doubles each time."
+        default=5.0,
+        gt=0,
+        description=(
+            "Backoff base: after failed attempt n the delay is drawn uniformly between half "
+            "and all of min(base x 2^(n-1), SYNTHDETECT_CALLBACK_BACKOFF_MAX_S); a "
+            "Retry-After answer replaces the draw."
+        ),
     )
     callback_backoff_max_s: float = Field(
         default=900.0,

@@ -8,6 +8,7 @@ labels the embedded mode gives the same bytes are computed once, in-process.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -140,6 +141,17 @@ class WorkerProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def events(self, event: str, **fields: object) -> list[dict[str, object]]:
+        """The JSON log lines of ``event`` whose fields include ``fields``, in log order."""
+        # Complete lines only: the worker may be half-way through writing the last one.
+        *lines, _unfinished = self.log_path.read_text(errors="replace").split("\n")
+        parsed = [json.loads(line) for line in lines if line.startswith("{")]
+        return [
+            e
+            for e in parsed
+            if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+        ]
 
     def stop(self) -> None:
         if self.process.poll() is None:

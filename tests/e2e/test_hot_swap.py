@@ -30,6 +30,7 @@ from tests.support.brokers import (
     require_rabbitmq,
     unique_prefix,
 )
+from tests.support.waiting import wait_until
 from worker.classify.results import JobLayout, read_summary
 from worker.inference.registry import ModelRegistry
 from worker.queue.producer import producer_app, submit_job, wait_for_summary
@@ -169,8 +170,15 @@ def test_a_worker_under_load_swaps_between_images_without_failing_any(
             promoted_at = time.monotonic()
         (job,) = stream.send(1)
         sent_at[job.job_id] = time.monotonic()
-        time.sleep(0.1)
-    time.sleep(max(0.0, promoted_at + 3 * ALIAS_POLL_S - time.monotonic()))
+        time.sleep(0.1)  # the stream's pace: part of the load under test
+    # Jobs sent from here on must be scored by v2 alone. The worker loads v2 on its first
+    # image after the alias TTL (the stream supplies them); until then it may still be v1.
+    wait_until(
+        lambda: worker.events("model_loaded", model=v2.name, version=v2.version),
+        SUMMARY_TIMEOUT_S,
+        f"the worker to load {v2.name}@{v2.version}",
+        detail=worker.log_tail,
+    )
     after = stream.send(3)
     pinned = stream.send(1, model={"name": "default", "version": v1.version})[0]
 
@@ -207,6 +215,9 @@ def test_a_promoted_version_that_fails_to_load_never_serves(
     _, good_bytes = registry.read_model(serving)
     broken = publish_copy(registry, serving, 2.0, model_bytes=good_bytes[: len(good_bytes) // 2])
     registry.promote(broken)
+    # The worker reads the alias only while it scores, so there is nothing to poll for
+    # yet: let its alias cache (TTL ALIAS_POLL_S) expire, so the next jobs meet the
+    # broken version; the log checks below show that they did.
     time.sleep(3 * ALIAS_POLL_S)
 
     for job in stream.send(3):

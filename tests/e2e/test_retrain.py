@@ -51,6 +51,7 @@ from tests.support.brokers import (
     unique_prefix,
 )
 from tests.support.callbacks import CallbackReceiver
+from tests.support.waiting import wait_until
 from worker.inference.registry import ModelRegistry
 from worker.queue.producer import submit_retrain_job, wait_for_retrain_summary
 from worker.queue.topology import QueueNames
@@ -197,9 +198,7 @@ def summary_of(job: RetrainJob, workers: Workers) -> RetrainSummary:
 
 
 def log_events(worker: WorkerProcess, event: str, job_id: str) -> list[dict[str, object]]:
-    lines = worker.log_path.read_text(errors="replace").splitlines()
-    parsed = [json.loads(line) for line in lines if line.startswith("{")]
-    return [e for e in parsed if e.get("event") == event and e.get("job_id") == job_id]
+    return worker.events(event, job_id=job_id)
 
 
 def synthdetect(workers: Workers, *args: str) -> subprocess.CompletedProcess[str]:
@@ -331,10 +330,13 @@ def test_one_label_ends_in_a_failed_summary_and_a_redelivery_does_not_run_again(
     assert "at least two labels" in (first.error or "")
 
     submit_retrain_job(job, workers.settings)  # the same message again
-    deadline = time.monotonic() + 120
-    while not log_events(workers.retrain, "job_already_finished", job.job_id):
-        assert time.monotonic() < deadline, workers.retrain.log_tail()
-        time.sleep(0.5)
+    wait_until(
+        lambda: log_events(workers.retrain, "job_already_finished", job.job_id),
+        120,
+        "the retrain worker to log the repeated job as already finished",
+        interval_s=0.5,
+        detail=workers.retrain.log_tail,
+    )
     layout = RetrainLayout.of(jobs_root(data.registry, "default"), job.job_id)
     again = RetrainSummary.model_validate_json(registry.storage.get_bytes(layout.summary))
     assert again == first

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -29,6 +28,7 @@ from tests.support.brokers import (
     unique_prefix,
 )
 from tests.support.callbacks import CallbackReceiver
+from tests.support.waiting import wait_until
 from worker.classify.results import JobLayout, done_shards
 from worker.queue.producer import submit_job
 from worker.settings import Settings
@@ -69,10 +69,13 @@ def test_a_killed_worker_loses_nothing(
     )
     submit_job(job, settings)
     layout = JobLayout.of(output, job.job_id)
-    deadline = time.monotonic() + 120
-    while len(done_shards(storage, layout)) < 3:
-        assert time.monotonic() < deadline, first.log_tail()
-        time.sleep(0.05)
+    wait_until(
+        lambda: len(done_shards(storage, layout)) >= 3,
+        120,
+        "3 shards of the job to finish",
+        interval_s=0.05,  # kill the worker soon after, long before the job is done
+        detail=first.log_tail,
+    )
     os.killpg(first.process.pid, signal.SIGKILL)  # no goodbye: messages stay unacknowledged
     first.process.wait(10)
     finished_before_kill = len(done_shards(storage, layout))

@@ -1,9 +1,11 @@
 """``synthdetect review``: look at results the way a reviewer does.
 
 Reads classify results (files, s3:// objects or results prefixes) or a retrain run's
-cross-validation predictions, joins known labels, filters and sorts, prints a table
-to stdout and, with ``--html``, writes the self-contained review report. The report
-covers the same filtered rows as the table (with its own order: mistakes first).
+cross-validation predictions, joins known labels, filters and sorts, prints the
+selected rows and the metrics to stdout and, with ``--html``, writes the
+self-contained review report. Filters choose which images are listed (in the table
+and on the page, in the same order); the metrics on both always cover every result,
+and both say so.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from contracts import ImageResult
 from worker.errors import SynthdetectError
 from worker.imaging import ImageLimits
 from worker.logs import configure_logging
-from worker.review.report import DEFAULT_MAX_THUMBNAILS, REPORT_CONTENT_TYPE, render_report
+from worker.review.metrics import ReviewMetrics, review_metrics, summary_rows
+from worker.review.report import (
+    DEFAULT_MAX_THUMBNAILS,
+    REPORT_CONTENT_TYPE,
+    Listing,
+    render_report,
+    scope_sentence,
+)
 from worker.review.views import (
     DOMAIN_FILTERS,
     SORT_ORDERS,
@@ -66,7 +75,9 @@ _AGREEMENT_MARKS = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}
     type=click.Choice(DOMAIN_FILTERS),
     help="Only images whose domain check said in, out (labelled or abstained) or unknown.",
 )
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many rows.")
+@click.option(
+    "--limit", type=click.IntRange(min=0), help="At most this many rows (and failed images)."
+)
 @click.option("--html", "html_uri", help="Write the HTML report here (a path or s3:// URI).")
 @click.option("--positive", help="The ROC curve's positive class (default: second label).")
 @click.option(
@@ -110,15 +121,18 @@ def review(
     configure_logging(settings)
     storage = Storage.from_settings(settings)
     try:
-        loaded = load_results(results, storage)
         labels = load_labels(labels_uri, storage) if labels_uri else None
-        chosen = select(with_true_labels(loaded, labels, labels_from_folders), query)
-        _print_review(Console(), chosen)
+        loaded = with_true_labels(load_results(results, storage), labels, labels_from_folders)
+        chosen = select(loaded, query)
+        listing = Listing(chosen.images, query.describe(), query.order)
+        metrics = review_metrics(loaded, positive)
+        _print_review(Console(), chosen, metrics, scope_sentence(len(loaded), listing))
         if html_uri:
             page = render_report(
-                [*chosen.rows, *chosen.errors],
+                loaded,
                 f"synthdetect review: {', '.join(results)}",
                 storage,
+                listing=listing,
                 positive_label=positive,
                 max_thumbnails=max_thumbnails,
                 limits=ImageLimits.from_settings(settings),
@@ -129,7 +143,7 @@ def review(
         raise click.ClickException(str(exc)) from exc
 
 
-def _print_review(console: Console, chosen: Review) -> None:
+def _print_review(console: Console, chosen: Review, metrics: ReviewMetrics, scope: str) -> None:
     if chosen.rows:
         table = Table(show_header=True, header_style="bold")
         table.add_column("uri", overflow="fold")
@@ -150,10 +164,13 @@ def _print_review(console: Console, chosen: Review) -> None:
             assert row.error is not None
             table.add_row(escape(row.uri), row.error.code.value, escape(row.error.message))
         console.print(table)
-    Console(stderr=True).print(
-        f"{len(chosen.rows)} rows and {len(chosen.errors)} failed or abstained images "
-        f"selected of {chosen.total} results"
-    )
+    summary = Table(title=f"metrics over all {metrics.total} results", show_header=False)
+    summary.add_column("metric", style="bold")
+    summary.add_column("value")
+    for name, value in summary_rows(metrics):
+        summary.add_row(escape(name), escape(value))
+    console.print(summary)
+    Console(stderr=True).print(escape(scope))
 
 
 def _row_cells(row: ImageResult) -> tuple[str, ...]:

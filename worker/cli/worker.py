@@ -15,7 +15,11 @@ from worker.settings import get_settings
     "-Q",
     "queue_names",
     default=None,
-    help="Comma-separated queues to consume (default: classify, bulk and callbacks).",
+    help=(
+        "Comma-separated task queues to consume (default: <prefix>-classify, -bulk and "
+        "-callbacks). Every worker, whatever -Q says, also consumes the plain-JSON "
+        "<prefix>-jobs queue and forwards each valid job to -classify or -bulk."
+    ),
 )
 @click.option(
     "--concurrency",

@@ -6,7 +6,7 @@ A contract message is valid by construction, so nothing is validated twice. A
 to the broker is confirmed (RabbitMQ publisher confirms), so once a call
 returns the job survives a broker restart. Producers in other languages, or
 without the worker installed, publish the same JSON to ``<prefix>-jobs``
-instead (README, "Sending jobs"). ``wait_for_summary`` and
+instead (docs/jobs.md). ``wait_for_summary`` and
 ``wait_for_retrain_summary`` poll for what the worker writes when it is done.
 """
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from kombu import Connection, Exchange, Queue
 
+from contracts.producer import classify_queue
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class QueueNames:
             bulk=f"{p}-bulk",
             callbacks=f"{p}-callbacks",
             retrain=f"{p}-retrain",
-            jobs=f"{p}-jobs",
+            jobs=classify_queue(p),  # the name contracts.producer publishes to
             dead=f"{p}-dead",
         )
 

@@ -5,10 +5,14 @@ Everything is inline: CSS in a ``<style>`` element, plots and thumbnails as
 attached to a ticket or opened from an S3 console. All text is HTML-escaped:
 URIs and labels come from users.
 
-Thumbnails show misclassified images first, then the least confident; at most
-``max_thumbnails`` of them (the page says how many were left out). Images are read
-through ``Storage`` by a bounded thread pool; images inside tar archives
-(``archive.tar#member``) are read in one pass over each archive.
+The metrics and plots always describe every result given; a ``Listing`` (what
+``synthdetect review``'s filters selected) only chooses which images the page lists,
+and the page says both counts ("metrics over all N results; showing the M images that
+match --disagree"). A page over 5 hand-picked mistakes must not read "accuracy 0 %".
+Without a listing every image is listed, misclassified first, then the least
+confident. At most ``max_thumbnails`` get a thumbnail (the page says how many were
+left out). Images are read through ``Storage`` by a bounded thread pool; images
+inside tar archives (``archive.tar#member``) are read in one pass over each archive.
 """
 
 from __future__ import annotations
@@ -20,24 +24,19 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
+from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 from contracts import ImageResult
 from worker.classify.inputs import TAR_SUFFIXES, iter_tar_items
-from worker.classify.tally import ResultTally
 from worker.errors import ImageFailure, JobRejected, StorageError
 from worker.imaging import ImageLimits, decode_image
-from worker.review.evaluation import expected_calibration_error
+from worker.review.metrics import ReviewMetrics, review_metrics, summary_rows
 from worker.review.plots import (
-    area_under_curve,
-    confusion_matrix,
     confusion_matrix_png,
     per_class_accuracy_png,
-    reliability_bins,
     reliability_png,
-    roc_curve,
     roc_png,
 )
 from worker.settings import Settings
@@ -62,7 +61,24 @@ table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;paddin
 .badge.agree{background:#2e7d32}.badge.disagree{background:#c62828}.badge.unknown{background:#777}
 .missing{height:96px;display:flex;align-items:center;justify-content:center;background:#eee}
 .note{color:#555}
+.scope{font-size:1.05rem;background:#f3f6fa;border-left:4px solid #1565c0;padding:.5rem .8rem}
+code{background:#eceff1;padding:0 .25rem;border-radius:3px}
 """
+
+DEFAULT_ORDER = "misclassified first, then least confident"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Which images a page lists; the page's metrics cover every result regardless."""
+
+    images: Sequence[ImageResult]
+    """In display order; failed images go to the failed-images table."""
+    selection: str
+    """The filter that chose them, as the flags that select it (``--disagree --limit 10``);
+    empty when it chose every result."""
+    order: str
+    """How ``images`` are sorted, in words (``least confident first``)."""
 
 
 def render_report(
@@ -70,6 +86,7 @@ def render_report(
     title: str,
     storage: Storage,
     *,
+    listing: Listing | None = None,
     positive_label: str | None = None,
     max_thumbnails: int = DEFAULT_MAX_THUMBNAILS,
     thumbnail_px: int = THUMBNAIL_PX,
@@ -78,18 +95,23 @@ def render_report(
 ) -> str:
     """The report over ``results`` as one HTML document.
 
+    Counts, accuracies and plots cover all of ``results``; ``listing`` (default: every
+    result, misclassified first) says which images are listed below them.
     ``positive_label`` is the class whose score the ROC curve ranks by (default: the
     second label in sorted order, e.g. ``synthetic`` of real/synthetic). Without any
     true labels the plots are left out and the page says why. ``limits`` guard the
     decoding of images for thumbnails (default: the settings' defaults).
     """
-    tally = ResultTally()
-    for result in results:
-        tally.add(result)
-    labelled = [r for r in results if r.error is None]
-    errors = [r for r in results if r.error is not None]
-    ordered = sorted(labelled, key=lambda r: (not _misclassified(r), r.confidence or 0.0))
-    shown = ordered[: max(max_thumbnails, 0)]
+    metrics = review_metrics(results, positive_label)
+    if listing is None:
+        labelled = sorted(
+            (r for r in results if r.error is None),
+            key=lambda r: (not _misclassified(r), r.confidence or 0.0),
+        )
+        listing = Listing([*labelled, *(r for r in results if r.error is not None)], "", "")
+    listed = [r for r in listing.images if r.error is None]
+    errors = [r for r in listing.images if r.error is not None]
+    shown = listed[: max(max_thumbnails, 0)]
     thumbnails = read_thumbnails(
         [r.uri for r in shown],
         storage,
@@ -100,17 +122,52 @@ def render_report(
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><h1>{_e(title)}</h1>",
-        _summary_html(tally),
-        _plots_html(labelled, tally, positive_label),
-        _errors_html(errors, max_thumbnails),
-        f"<h2>Images</h2><p class='note'>Misclassified first, then lowest confidence. "
-        f"Showing {len(shown)} of {len(labelled)} classified images"
-        + (f" (capped at {max_thumbnails})." if len(shown) < len(labelled) else ".")
-        + "</p><div class='grid'>",
+        _scope_html(len(results), listing),
+        _summary_html(metrics),
+        _plots_html(metrics),
+        _errors_html(errors, metrics.tally.failed, max_thumbnails),
+        _images_html(listed, shown, metrics.tally.labelled, listing, max_thumbnails),
         *(_card_html(r, thumbnails.get(r.uri)) for r in shown),
         "</div></body></html>",
     ]
     return "".join(parts)
+
+
+def scope_sentence(total: int, listing: Listing) -> str:
+    """What the metrics cover and what is listed, as plain text (the terminal says it too)."""
+    order = listing.order or DEFAULT_ORDER
+    if not listing.selection:
+        return f"Metrics over all {total} results; showing all of them, {order}."
+    count = len(listing.images)
+    images = "image" if count == 1 else "images"
+    return (
+        f"Metrics over all {total} results; showing the {count} {images} "
+        f"that match {listing.selection}, {order}."
+    )
+
+
+def _scope_html(total: int, listing: Listing) -> str:
+    text = _e(scope_sentence(total, listing))
+    if listing.selection:
+        flags = _e(listing.selection)
+        text = text.replace(f"match {flags}", f"match <code>{flags}</code>", 1)
+    return f"<p class='scope'>{text}</p>"
+
+
+def _images_html(
+    listed: Sequence[ImageResult],
+    shown: Sequence[ImageResult],
+    classified: int,
+    listing: Listing,
+    cap: int,
+) -> str:
+    what = "matching " if listing.selection else ""
+    note = (
+        f"{len(listed)} {what}classified images of {classified}, {listing.order or DEFAULT_ORDER}."
+    )
+    if len(shown) < len(listed):
+        note += f" Thumbnails for the first {len(shown)} (capped at {cap})."
+    return f"<h2>Images</h2><p class='note'>{_e(note)}</p><div class='grid'>"
 
 
 def _e(value: object) -> str:
@@ -125,74 +182,48 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _summary_html(tally: ResultTally) -> str:
-    rows = [("images", str(tally.total)), ("classified", str(tally.labelled))]
-    rows += [("failed", str(tally.failed))]
-    rows += [(f"predicted {label}", str(n)) for label, n in sorted(tally.by_label.items())]
-    rows += [(f"error {code.value}", str(n)) for code, n in sorted(tally.by_error.items())]
-    accuracy = tally.accuracy()
-    if accuracy is not None:
-        rows.append(("accuracy", f"{accuracy:.2%} of {sum(tally.seen_by_true_label.values())}"))
-        rows += [
-            (f"accuracy on {label}", f"{value:.2%} of {tally.seen_by_true_label[label]}")
-            for label, value in tally.per_class_accuracy().items()
-        ]
-    models = ", ".join(f"{m.name}@{m.version}" for m in tally.models) or "-"
-    rows.append(("models", models))
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+def _summary_html(metrics: ReviewMetrics) -> str:
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in summary_rows(metrics))
     return f"<table class='summary'>{body}</table>"
 
 
-def _plots_html(
-    labelled: Sequence[ImageResult], tally: ResultTally, positive_label: str | None
-) -> str:
-    known = [r for r in labelled if r.true_label is not None]
-    if not known:
+def _plots_html(metrics: ReviewMetrics) -> str:
+    if not metrics.with_truth:
         return (
             "<p class='note'>No true labels: the confusion matrix, ROC curve, reliability "
             "diagram and per-class accuracy need them (review with --labels FILE or "
             "--labels-from-folders).</p>"
         )
-    true = [r.true_label or "" for r in known]
-    predicted = [r.label or "" for r in known]
-    axis = sorted(set(true) | set(predicted))
-    matrix = confusion_matrix(true, predicted, axis)
-    figures = [("confusion matrix", confusion_matrix_png(matrix, axis))]
-    classes = sorted({label for r in known for label in r.scores or {}})
-    probs = np.array([[(r.scores or {}).get(c, 0.0) for c in classes] for r in known])
-    roc, note = _roc_figure(probs, classes, true, positive_label)
-    figures += roc
-    targets = np.array([classes.index(t) if t in classes else -1 for t in true])
-    ece = expected_calibration_error(probs, targets)
-    bins = reliability_bins(probs.max(axis=1), probs.argmax(axis=1) == targets)
-    figures.append((f"reliability diagram, ECE {ece:.3f}", reliability_png(*bins, ece)))
-    figures.append(("per-class accuracy", per_class_accuracy_png(tally.per_class_accuracy())))
+    figures = [("confusion matrix", confusion_matrix_png(metrics.confusion, metrics.axis))]
+    if metrics.roc is not None:
+        figures.append(
+            (f"ROC curve, AUC {metrics.roc.auc:.3f}", roc_png(metrics.roc, metrics.with_truth))
+        )
+    if metrics.reliability is not None:
+        figures.append(
+            (
+                f"reliability diagram, ECE {metrics.reliability.ece:.3f}",
+                reliability_png(metrics.reliability),
+            )
+        )
+    figures.append(
+        (
+            "per-class accuracy",
+            per_class_accuracy_png(metrics.per_class_accuracy, metrics.tally.seen_by_true_label),
+        )
+    )
     images = "".join(
         f"<img class='plot' alt='{_e(alt)}' src='{_data_uri(png, 'image/png')}'>"
         for alt, png in figures
     )
-    note_html = f"<p class='note'>{_e(note)}</p>" if note else ""
-    return f"<h2>Metrics</h2>{note_html}<div class='plots'>{images}</div>"
+    note = f"<p class='note'>{_e(metrics.roc_note)}</p>" if metrics.roc_note else ""
+    return (
+        f"<h2>Metrics over all {metrics.with_truth} classified results with a true label</h2>"
+        f"{note}<div class='plots'>{images}</div>"
+    )
 
 
-def _roc_figure(
-    probs: np.ndarray, classes: list[str], true: list[str], positive_label: str | None
-) -> tuple[list[tuple[str, bytes]], str | None]:
-    """The ROC figure, or no figure and a sentence saying why there is none."""
-    positive = positive_label or (classes[1] if len(classes) > 1 else None)
-    if positive is None:
-        return [], "No ROC curve: the model scored a single class."
-    if positive not in classes:
-        return [], f"No ROC curve: the model gave no scores for the positive class {positive}."
-    try:
-        fpr, tpr = roc_curve(probs[:, classes.index(positive)], np.array(true) == positive)
-    except ValueError:
-        return [], f"No ROC curve: it needs true labels both {positive} and not {positive}."
-    auc = area_under_curve(fpr, tpr)
-    return [(f"ROC curve, AUC {auc:.3f}", roc_png(fpr, tpr, auc, positive))], None
-
-
-def _errors_html(errors: Sequence[ImageResult], cap: int) -> str:
+def _errors_html(errors: Sequence[ImageResult], failed: int, cap: int) -> str:
     if not errors:
         return ""
     rows = "".join(
@@ -202,8 +233,9 @@ def _errors_html(errors: Sequence[ImageResult], cap: int) -> str:
         if r.error is not None
     )
     more = f"<p class='note'>{len(errors) - cap} more not shown.</p>" if len(errors) > cap else ""
+    heading = f"{len(errors)}" if len(errors) == failed else f"{len(errors)} of {failed}"
     return (
-        f"<h2>Failed images ({len(errors)})</h2><table class='errors'>"
+        f"<h2>Failed images ({heading})</h2><table class='errors'>"
         f"<tr><th>uri</th><th>error</th><th>message</th></tr>{rows}</table>{more}"
     )
 
@@ -219,7 +251,7 @@ def _card_html(result: ImageResult, thumbnail: bytes | None) -> str:
     return (
         f"<div class='card {badge}' data-agree='{badge}'>{image}"
         f"<div class='uri'>{_e(result.uri)}</div>"
-        f"<div>predicted <b>{_e(result.label)}</b> {result.confidence or 0.0:.3f}</div>"
+        f"<div>predicted <b>{_e(result.label)}</b>, confidence {result.confidence or 0.0:.3f}</div>"
         f"<div>true {_e(result.true_label or '-')} <span class='badge {badge}'>{badge}</span>"
         "</div></div>"
     )

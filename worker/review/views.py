@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import os
+import shlex
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -39,6 +40,11 @@ SortOrder = Literal["confidence", "-confidence", "recency"]
 SORT_ORDERS: tuple[SortOrder, ...] = ("confidence", "-confidence", "recency")
 DomainFilter = Literal["in", "out", "unknown"]
 DOMAIN_FILTERS: tuple[DomainFilter, ...] = ("in", "out", "unknown")
+ORDER_WORDS: dict[SortOrder, str] = {
+    "confidence": "least confident first",
+    "-confidence": "most confident first",
+    "recency": "last written first",
+}
 RESULT_SUFFIXES = (".jsonl", ".ndjson")
 """Under a results prefix, only these objects are read (summaries and reports are not)."""
 
@@ -82,15 +88,47 @@ class ReviewQuery:
         if self.domain is not None and self.domain not in DOMAIN_FILTERS:
             raise ValueError(f"domain must be one of {', '.join(DOMAIN_FILTERS)}")
 
+    def describe(self) -> str:
+        """The filter as the ``synthdetect review`` flags that select it, e.g.
+        ``--disagree --limit 10``; empty when it selects every result."""
+        flags = []
+        if self.predicted is not None:
+            flags.append(f"--predicted {shlex.quote(self.predicted)}")
+        if self.true is not None:
+            flags.append(f"--true {shlex.quote(self.true)}")
+        if self.agree is not None:
+            flags.append("--agree" if self.agree else "--disagree")
+        if self.errors_only:
+            flags.append("--errors")
+        if self.domain is not None:
+            flags.append(f"--domain {self.domain}")
+        if self.limit is not None:
+            flags.append(f"--limit {self.limit}")
+        return " ".join(flags)
+
+    @property
+    def order(self) -> str:
+        """The sort order in words."""
+        return ORDER_WORDS[self.sort]
+
 
 @dataclass(frozen=True)
 class Review:
-    """The selected rows: labelled results in ``rows``, failed ones in ``errors``."""
+    """The selected rows: labelled results in ``rows``, failed ones in ``errors``.
+
+    A selection chooses what to list; metrics are computed over every result
+    (``worker.review.metrics``), never over a selection.
+    """
 
     rows: list[ImageResult]
     errors: list[ImageResult]
     total: int
     """How many results were reviewed, before filtering."""
+
+    @property
+    def images(self) -> list[ImageResult]:
+        """Rows, then errors: every selected result in listing order."""
+        return [*self.rows, *self.errors]
 
 
 def domain_state(result: ImageResult) -> DomainFilter:

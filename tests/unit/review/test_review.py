@@ -16,7 +16,7 @@ from PIL import Image
 from contracts import ErrorCode, ImageError, ImageResult, ModelId
 from tests.support.memory_store import MemoryStore
 from worker.cli.main import main
-from worker.review.plots import area_under_curve, confusion_matrix, roc_curve
+from worker.review.metrics import area_under_curve, confusion_matrix, roc_curve
 from worker.review.report import render_report
 from worker.review.views import (
     ReviewInputError,
