@@ -95,6 +95,12 @@ class DomainFit:
         total: np.ndarray = np.stack(per_tap, axis=1).sum(axis=1)
         return total
 
+    @property
+    def coverage(self) -> float:
+        """Share of the held-out images at or under the threshold."""
+        held = self.heldout_scores
+        return float((held <= self.threshold).mean()) if len(held) else 0.0
+
     def summary(self, names: list[str]) -> FeatureSummary:
         held = self.heldout_scores
         return FeatureSummary(
@@ -102,7 +108,7 @@ class DomainFit:
             dimensions=sum(g.whiten.shape[0] for g in self.gaussians),
             fitted_on=self.fitted_on,
             threshold=self.threshold,
-            coverage=float((held <= self.threshold).mean()) if len(held) else 0.0,
+            coverage=self.coverage,
             heldout=len(held),
             quantiles={
                 f"{q:g}": float(np.quantile(held, q / 100)) for q in (50, 90, 99, 99.5, 99.9)
@@ -164,8 +170,10 @@ def fit_domain(
     features = tap_features(net, train_images, norm, taps)
     gaussians = [fit_gaussians(f, train_labels) for f in features]
     fit = DomainFit(taps, gaussians, float("inf"), len(train_images), np.zeros(0))
+    if len(heldout_images) == 0:  # nothing held out: the training images' own scores (lower)
+        heldout_images = train_images
     held = fit.scores(tap_features(net, heldout_images, norm, taps))
-    threshold = float(np.quantile(held, coverage, method="higher")) if len(held) else float("inf")
+    threshold = float(np.quantile(held, coverage, method="higher"))
     return DomainFit(taps, gaussians, threshold, len(train_images), held)
 
 
