@@ -38,7 +38,7 @@ def test_gaussians_measure_whitened_distances() -> None:
     # One standard deviation along either axis is about the same distance once whitened
     # (the shrinkage towards a scaled identity pulls them together a little).
     along_x, along_y = g.distances(np.array([[1.0, 0.0], [0.0, 2.0]]))
-    assert along_x == pytest.approx(along_y, rel=0.1)
+    assert along_x == pytest.approx(along_y, rel=0.15)
     assert np.median(g.distances(features)) == pytest.approx(1.0, rel=1e-6)
 
 
