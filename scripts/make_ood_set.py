@@ -186,7 +186,8 @@ def _plot(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
 
 
 def cifake_images(tar: Path, count: int, seed: int) -> list[tuple[str, Image.Image]]:
-    """``count`` images of the validation split that ``train_default_model.py`` holds back."""
+    """``count`` images of the validation split that ``train_default_model.py`` holds back,
+    named ``<label>-<name>`` (real or synthetic) so their accuracy can be scored too."""
     import tarfile
 
     from worker.retrain.training.splits import stratified_split
@@ -203,7 +204,9 @@ def cifake_images(tar: Path, count: int, seed: int) -> list[tuple[str, Image.Ima
         for index in chosen:
             member = members[int(index)]
             data = archive.extractfile(member).read()  # type: ignore[union-attr]
-            out.append((Path(member.name).stem, Image.open(io.BytesIO(data)).convert("RGB")))
+            label = "real" if member.name.upper().startswith("REAL/") else "synthetic"
+            name = f"{label}-{Path(member.name).stem}"
+            out.append((name, Image.open(io.BytesIO(data)).convert("RGB")))
     return out
 
 
