@@ -60,7 +60,7 @@ class C2paReader:
     """Reads manifests with one SDK context per thread (trust settings parsed once each)."""
 
     def __init__(self, trust_anchors: Path | None = None) -> None:
-        self._anchors = trust_anchors.read_text() if trust_anchors is not None else None
+        self._anchors = _read_anchors(trust_anchors) if trust_anchors is not None else None
         self._local = threading.local()
 
     def read(self, data: bytes) -> Provenance | None:
@@ -99,6 +99,17 @@ class C2paReader:
             context = c2pa.Context(settings=c2pa.Settings.from_json(json.dumps(config)))
             self._local.context = context
         return context
+
+
+def _read_anchors(path: Path) -> str:
+    """The PEM trust list; a missing or empty file is a configuration error, said plainly."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"SYNTHDETECT_C2PA_TRUST_ANCHORS: cannot read {path}: {exc}") from exc
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"SYNTHDETECT_C2PA_TRUST_ANCHORS: {path} holds no PEM certificate")
+    return text
 
 
 def describe_store(store: dict[str, Any], state: str | None) -> Provenance | None:

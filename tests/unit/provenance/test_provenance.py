@@ -333,3 +333,12 @@ def test_source_type_terms_come_from_uris_or_bare_terms() -> None:
 )
 def test_known_generators(text: str, name: str | None) -> None:
     assert known_generator(text) == name
+
+
+def test_an_unreadable_trust_list_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read"):
+        ProvenanceReader(tmp_path / "missing.pem")
+    empty = tmp_path / "empty.pem"
+    empty.write_text("nothing here")
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        ProvenanceReader(empty)
