@@ -198,7 +198,8 @@ def test_a_worker_under_load_swaps_between_images_without_failing_any(
     confidence: dict[str, dict[str, float]] = {v1.version: {}, v2.version: {}}
     for _, results in outcomes.values():
         for r in results:
-            confidence[r.model.version][r.uri] = r.confidence  # type: ignore[union-attr,index]
+            if r.confidence is not None:  # abstentions have none
+                confidence[r.model.version][r.uri] = r.confidence  # type: ignore[union-attr]
     both = confidence[v1.version].keys() & confidence[v2.version].keys()
     assert both
     assert all(confidence[v1.version][u] != confidence[v2.version][u] for u in both)
