@@ -4,12 +4,14 @@ hostile input that must never crash or balloon."""
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.support.provenance_files import (
     SigningIdentity,
@@ -342,3 +344,28 @@ def test_an_unreadable_trust_list_is_a_clear_configuration_error(tmp_path: Path)
     empty.write_text("nothing here")
     with pytest.raises(ValueError, match="no PEM certificate"):
         ProvenanceReader(empty)
+
+
+def _exif_block(software: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x0131] = software
+    return exif.tobytes()
+
+
+def test_exif_in_a_png_is_read_from_its_chunk_without_decoding_pixels() -> None:
+    # The IDAT is garbage: decoding the pixels would fail, reading the eXIf chunk must not.
+    header = png()[:33]  # signature + IHDR
+    data = header + png_chunk(b"eXIf", _exif_block("DALL-E 3")) + png_chunk(b"IDAT", b"junk")
+    data += png_chunk(b"IEND", b"")
+    found = ProvenanceReader().read(data)
+    assert found is not None
+    assert found.source == "exif"
+    assert found.generator == "DALL-E"
+
+
+def test_exif_in_a_webp_is_read() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buffer, "WEBP", exif=_exif_block("ComfyUI"))
+    found = ProvenanceReader().read(buffer.getvalue())
+    assert found is not None
+    assert found.generator == "ComfyUI"
