@@ -147,6 +147,8 @@ class ExifText:
     user_comment: str | None
 
 
+_JPEG_EXIF_WINDOW = 1 << 17
+"""A JPEG's APP1 EXIF segment comes first (at most 64 KiB, after at most an APP0)."""
 _HEADER_EXIF = (b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
 """JPEG and TIFF keep EXIF before the pixels; Pillow reads it from the header alone."""
 
@@ -160,6 +162,8 @@ def exif_text(data: bytes) -> ExifText | None:
     """
     try:
         if data.startswith(_HEADER_EXIF):
+            if data.startswith(b"\xff\xd8") and b"Exif\x00\x00" not in data[:_JPEG_EXIF_WINDOW]:
+                return None  # no APP1 EXIF segment: skip parsing the header (most thumbnails)
             with Image.open(io.BytesIO(data)) as image:
                 exif = image.getexif()
         else:
