@@ -36,7 +36,7 @@ from worker.retrain.training.splits import stratified_split
 from worker.settings import BUNDLED_MODELS, Settings
 from worker.storage import Storage
 
-_ARCHITECTURE = re.compile(r"^efficientnet-lite0\(stem_stride=(\d), blocks=(\d+)\)$")
+ARCHITECTURE = re.compile(r"^efficientnet-lite0\(stem_stride=(\d), blocks=(\d+)\)$")
 
 
 def rebuild_lite0(module: torch.jit.ScriptModule, stem_stride: int, depth: int) -> nn.Module:
@@ -101,7 +101,7 @@ def main() -> None:
     ref = ModelRef.parse(args.model)
     model_id = ModelId(name=ref.name, version=ref.version or registry.resolve(ref).version)
     card, model_bytes = registry.read_model(model_id)
-    match = _ARCHITECTURE.match(card.architecture)
+    match = ARCHITECTURE.match(card.architecture)
     if match is None:
         raise SystemExit(f"cannot rebuild {card.architecture!r}: only plain Lite0 exports")
     with warnings.catch_warnings():
