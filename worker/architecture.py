@@ -31,7 +31,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "every knob, error hierarchy, structured logs, metrics, shutdown state, health endpoints",
     ),
     ("storage", ("worker.storage",), "S3 and local folders behind one interface"),
-    ("imaging", ("worker.imaging",), "safe decode and preprocessing"),
+    (
+        "imaging",
+        ("worker.imaging", "worker.provenance"),
+        "safe decode and preprocessing; provenance metadata (C2PA, XMP, generator tags)",
+    ),
     ("webhooks", ("worker.webhooks",), "signing, SSRF guard, retry policy, delivery records"),
     ("inference", ("worker.inference",), "model loading, registry, provider, dynamic batcher"),
     (

@@ -63,9 +63,40 @@ class ImageLimits:
         )
 
 
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the file held before preprocessing: its upright size and its format.
+
+    The domain check compares these with what the model saw in training: a
+    3024x4032 photo fitted to 32x32 pixels looks nothing like a 32x32 original.
+    """
+
+    width: int
+    height: int
+    format: str
+
+    def describe(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A model's input pixels (H, W, 3 uint8) and the source they came from."""
+
+    pixels: npt.NDArray[np.uint8]
+    source: SourceInfo
+
+
 def decode_image(
     data: bytes, limits: ImageLimits, target_size: tuple[int, int] | None = None
 ) -> Image.Image:
+    """``decode_image_with_source`` without the source description."""
+    return decode_image_with_source(data, limits, target_size)[0]
+
+
+def decode_image_with_source(
+    data: bytes, limits: ImageLimits, target_size: tuple[int, int] | None = None
+) -> tuple[Image.Image, SourceInfo]:
     """Decode untrusted bytes into an upright 8-bit RGB image (first frame of animations).
 
     ``target_size`` (height, width) is the size preprocessing will produce. A JPEG at
@@ -86,11 +117,12 @@ def decode_image(
     try:
         with _open(data, limits) as image:
             _check_pixels(image, limits)
+            source = _source_info(image)
             if target_size is not None and image.format in _DRAFTABLE_FORMATS:
                 image.draft("RGB", _draft_size(image, target_size))
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
-            return _to_rgb(image)
+            return _to_rgb(image), source
     # Pillow's own guard can still fire inside open() or while loading GIF and TIFF frames;
     # the warning is an exception only where warnings are errors.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -131,7 +163,13 @@ def load_image_array(
     data: bytes, limits: ImageLimits, spec: Preprocessing
 ) -> npt.NDArray[np.uint8]:
     """``decode_image`` then ``preprocess``, letting large JPEGs decode at reduced scale."""
-    return preprocess(decode_image(data, limits, target_size=spec.input_size), spec)
+    return load_image(data, limits, spec).pixels
+
+
+def load_image(data: bytes, limits: ImageLimits, spec: Preprocessing) -> PreparedImage:
+    """``load_image_array`` that also says what the source image was."""
+    image, source = decode_image_with_source(data, limits, target_size=spec.input_size)
+    return PreparedImage(preprocess(image, spec), source)
 
 
 def _let_pillow_reach(max_pixels: int) -> None:
@@ -193,6 +231,14 @@ def _check_pixels(image: Image.Image, limits: ImageLimits) -> None:
             f"the image is {width}x{height} = {width * height} pixels, "
             f"more than the limit of {limits.max_pixels}",
         )
+
+
+def _source_info(image: ImageFile.ImageFile) -> SourceInfo:
+    """The header's size as the image is shown (EXIF rotation applied) and its format."""
+    width, height = image.size
+    if image.getexif().get(ExifTags.Base.Orientation) in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    return SourceInfo(width=width, height=height, format=str(image.format or "unknown"))
 
 
 def _draft_size(image: Image.Image, target_size: tuple[int, int]) -> tuple[int, int]:

@@ -33,7 +33,7 @@ from typing import Protocol
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
-from contracts import ImageResult
+from contracts import ErrorCode, ImageResult
 
 LATENCY_BUCKETS = (
     0.001,
@@ -67,6 +67,9 @@ RETRAIN_BUCKETS = (60.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 
 STAGES = ("fetch", "decode", "inference", "write", "callback")
 """Values of ``synthdetect_stage_seconds{stage}``; the queue wait has its own histogram."""
 
+ABSTAINED = "abstained"
+"""The ``label`` of an image the model declined (error code ``out_of_domain``)."""
+
 BATCH_SIZE = Histogram(
     "synthdetect_batch_size",
     "Images per inference batch (a mean above 1 means jobs share batches).",
@@ -99,12 +102,14 @@ SHARD_SECONDS = Histogram(
 )
 IMAGES = Counter(
     "synthdetect_images",
-    "Images labelled, by model, model version and predicted label.",
+    "Images scored, by model, model version and predicted label (abstained: the model "
+    "declined an image unlike its training data, error code out_of_domain).",
     ["model", "version", "label"],
 )
 IMAGE_ERRORS = Counter(
     "synthdetect_image_errors",
-    "Images that got an error instead of a label, by error code.",
+    "Images that failed (fetch, decode, limits, inference), by error code; abstentions "
+    "count in synthdetect_images_total instead.",
     ["code"],
 )
 JOBS = Counter(
@@ -208,15 +213,16 @@ def timed_stage(stage: str) -> Iterator[None]:
 
 
 def record_results(results: Iterable[ImageResult]) -> None:
-    """Count one shard's results: labels by model version, errors by code."""
+    """Count one shard's results: labels (and abstentions) by model version, errors by code."""
     scored: dict[tuple[str, str, str], int] = {}
     errors: dict[str, int] = {}
     for result in results:
-        if result.error is not None:
+        abstained = result.error is not None and result.error.code == ErrorCode.OUT_OF_DOMAIN
+        if result.error is not None and not abstained:
             code = str(result.error.code.value)
             errors[code] = errors.get(code, 0) + 1
-        elif result.model is not None and result.label is not None:
-            key = (result.model.name, result.model.version, result.label)
+        elif result.model is not None:
+            key = (result.model.name, result.model.version, result.label or ABSTAINED)
             scored[key] = scored.get(key, 0) + 1
     for (name, version, label), count in scored.items():
         IMAGES.labels(name, version, label).inc(count)

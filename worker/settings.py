@@ -101,6 +101,24 @@ class Settings(BaseSettings):
         description="How often a worker re-reads model aliases (how fast promotions arrive).",
     )
 
+    # --- domain check and provenance ----------------------------------------------
+    domain_policy: Literal["auto", "flag", "abstain"] = Field(
+        default="auto",
+        description="Out-of-domain images: flag = keep the label and report the domain; "
+        "abstain = no label, error code out_of_domain, scores kept; auto = abstain for models "
+        "whose card declares a narrow domain (the default model), flag for the others.",
+    )
+    provenance: bool = Field(
+        default=True,
+        description="Read C2PA manifests, IPTC/XMP DigitalSourceType and generator tags from "
+        "each image's bytes (no extra I/O).",
+    )
+    c2pa_trust_anchors: Path | None = Field(
+        default=None,
+        description="PEM file of the certificate authorities whose C2PA signatures count as "
+        "validated; without it no manifest is validated (and none decides a label).",
+    )
+
     # --- object storage ----------------------------------------------------------
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 API endpoint; unset = AWS. e.g. http://127.0.0.1:8333"

@@ -79,13 +79,18 @@ def labelled(uri: str, label: str, confidence: float, model: ModelId) -> ImageRe
     return ImageResult(uri=uri, label=label, confidence=confidence, scores=scores, model=model)
 
 
-def test_results_count_labels_by_model_version_and_errors_by_code() -> None:
+def test_results_count_labels_and_abstentions_by_model_version_and_errors_by_code() -> None:
     model = ModelId(name="metrics-test", version="7")
     results = [
         labelled("s3://b/1", "real", 0.9, model),
         labelled("s3://b/2", "real", 0.8, model),
         labelled("s3://b/3", "synthetic", 0.7, model),
         ImageResult(uri="s3://b/4", error=ImageError(code=ErrorCode.CORRUPT_IMAGE, message="bad")),
+        ImageResult(
+            uri="s3://b/5",
+            error=ImageError(code=ErrorCode.OUT_OF_DOMAIN, message="unlike the training images"),
+            model=model,
+        ),
     ]
     before_errors = sample("synthdetect_image_errors_total", code="corrupt_image")
     record_results(results)
@@ -93,6 +98,8 @@ def test_results_count_labels_by_model_version_and_errors_by_code() -> None:
     assert sample("synthdetect_images_total", **labels, label="real") == 2
     assert sample("synthdetect_images_total", **labels, label="synthetic") == 1
     assert sample("synthdetect_image_errors_total", code="corrupt_image") == before_errors + 1
+    assert sample("synthdetect_images_total", **labels, label="abstained") == 1
+    assert sample("synthdetect_image_errors_total", code="out_of_domain") == 0
 
 
 def test_a_new_serving_version_is_a_swap_the_first_is_not() -> None:
