@@ -69,7 +69,7 @@ class HealthChecks:
         for name, check in checks.items():
             try:
                 result = check()
-            except Exception as exc:  # a broken check is a failing check, never a 500
+            except Exception as exc:  # noqa: BLE001 - a broken check fails, never a 500
                 result = CheckResult(False, f"the check raised {type(exc).__name__}: {exc}")
             results[name] = {"ok": result.ok, "detail": result.detail}
         failing = [name for name, result in results.items() if not result["ok"]]
@@ -88,7 +88,9 @@ class _OpsHandler(BaseHTTPRequestHandler):
             ok, body = self.server.checks.report("live" if path == LIVENESS_PATH else "ready")
             self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
         else:
-            message = {"error": f"no such path; try {METRICS_PATH}, {LIVENESS_PATH}, {READINESS_PATH}"}
+            message = {
+                "error": f"no such path; try {METRICS_PATH}, {LIVENESS_PATH}, {READINESS_PATH}"
+            }
             self._send(404, json.dumps(message).encode(), "application/json")
 
     def _send(self, status: int, data: bytes, content_type: str) -> None:
@@ -128,7 +130,11 @@ def serve_ops(port: int, checks: HealthChecks) -> int | None:
             thread = threading.Thread(target=server.serve_forever, name="ops-http", daemon=True)
             thread.start()
             _servers[port] = server
-            log.info("ops_endpoint_serving", port=port, paths=[METRICS_PATH, LIVENESS_PATH, READINESS_PATH])
+            log.info(
+                "ops_endpoint_serving",
+                port=port,
+                paths=[METRICS_PATH, LIVENESS_PATH, READINESS_PATH],
+            )
         return int(_servers[port].server_address[1])
 
 
