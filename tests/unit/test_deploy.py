@@ -45,7 +45,7 @@ KUBERNETES_VERSION = "1.30.0"
 SHUTDOWN_MARGIN_S = 15
 """terminationGracePeriodSeconds = SYNTHDETECT_SHUTDOWN_GRACE_S + this (hand back, exit)."""
 WORKERS = ("synthdetect-classify", "synthdetect-retrain")
-MEASURED_PEAK_MIB = {"synthdetect-classify": 926, "synthdetect-retrain": 1397}
+MEASURED_PEAK_MIB = {"synthdetect-classify": 996, "synthdetect-retrain": 1794}
 """Peak RSS from scripts/measure_worker_rss.py (docs/operations.md): requests must cover it."""
 KEDA_SCHEMAS = {
     "ScaledObject": "keda-scaledobject-v1alpha1.json",
