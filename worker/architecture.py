@@ -20,8 +20,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("wire format", ("contracts",), "pydantic models and JSON Schemas; producers import it alone"),
     (
         "foundation",
-        ("worker.settings", "worker.errors", "worker.logs", "worker.metrics"),
-        "every knob, the error hierarchy, structured logs, Prometheus metrics",
+        (
+            "worker.settings",
+            "worker.errors",
+            "worker.logs",
+            "worker.metrics",
+            "worker.lifecycle",
+            "worker.health",
+        ),
+        "every knob, error hierarchy, structured logs, metrics, shutdown state, health endpoints",
     ),
     ("storage", ("worker.storage",), "S3 and local folders behind one interface"),
     (

@@ -188,6 +188,17 @@ class Settings(BaseSettings):
             "dead-letters it (RabbitMQ x-delivery-limit; SQS maxReceiveCount - 1)."
         ),
     )
+    shutdown_grace_s: float = Field(
+        default=25.0,
+        ge=0,
+        le=3600,
+        description=(
+            "On SIGTERM a worker stops taking messages and finishes a running shard only if "
+            "it can within this many seconds; otherwise it hands the shard back to the broker "
+            "at once (RabbitMQ: reject with requeue; SQS: visibility 0). Give the process "
+            "manager a few seconds more (Kubernetes terminationGracePeriodSeconds)."
+        ),
+    )
     metrics_port: int = Field(
         default=0,
         ge=0,

@@ -32,6 +32,7 @@ from worker.inference.batcher import BatchFailed
 from worker.inference.engine import InferenceEngine
 from worker.inference.model import Prediction
 from worker.logs import get_logger
+from worker.metrics import timed_stage
 from worker.provenance.reader import ProvenanceReader
 from worker.settings import Settings
 
@@ -89,9 +90,10 @@ def classify_items(
     reader = provenance_reader(config.trust_anchors) if config.provenance else None
 
     def prepare(item: InputItem) -> _Staged:
-        data = item.load()
+        with timed_stage("fetch"):
+            data = item.load()
         loaded = engine.model_for(model)
-        with decode_slots:
+        with decode_slots, timed_stage("decode"):
             prepared = load_image(data, limits, loaded.card.preprocessing)
             provenance = reader.read(data) if reader is not None else None
         del data

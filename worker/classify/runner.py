@@ -15,6 +15,7 @@ so the whole flow runs in tests without a broker.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +42,7 @@ from worker.errors import JobRejected, ModelError
 from worker.imaging import ImageLimits
 from worker.inference.engine import InferenceEngine
 from worker.logs import get_logger
-from worker.metrics import IMAGES, JOBS
+from worker.metrics import JOBS, SHARD_SECONDS, record_results, timed_stage
 from worker.settings import Settings
 from worker.storage import Storage
 from worker.webhooks.attempts import CallbackTarget, attempt_delivery, delivery_pending
@@ -114,6 +115,7 @@ def run_shard(shard: ClassifyShard, services: JobServices) -> None:
     layout = JobLayout.of(shard.output.uri, shard.job_id)
     if not storage.exists(layout.done(shard.index)):
         started = datetime.now(UTC)
+        clock = time.monotonic()
         results: list[ImageResult] = []
         error = None
         try:
@@ -127,10 +129,11 @@ def run_shard(shard: ClassifyShard, services: JobServices) -> None:
                 results.append(result)
         except JobRejected as exc:
             error = exc.reason
-        write_shard_results(storage, layout, shard.index, results, started, error)
+        with timed_stage("write"):
+            write_shard_results(storage, layout, shard.index, results, started, error)
+        SHARD_SECONDS.labels(shard.priority).observe(time.monotonic() - clock)
+        record_results(results)
         labelled = sum(1 for r in results if r.label is not None)
-        IMAGES.labels("labelled").inc(labelled)
-        IMAGES.labels("failed").inc(len(results) - labelled)
         log.info("shard_done", images=len(results), failed=len(results) - labelled, error=error)
     _finalize_if_last(shard, layout, services)
 
@@ -161,7 +164,7 @@ def _finalize_if_last(shard: ClassifyShard, layout: JobLayout, services: JobServ
     summary = read_summary(storage, layout)
     if summary is None:
         summary = finalize_summary(storage, layout, record)
-        JOBS.labels(summary.status).inc()
+        JOBS.labels(summary.status, record.job.priority).inc()
         log.info(
             "job_finished",
             status=summary.status,

@@ -108,6 +108,11 @@ class DynamicBatcher(Generic[T, R]):
             self._queue.put((item, future, time.monotonic()))
         return future
 
+    @property
+    def alive(self) -> bool:
+        """Whether the batching thread runs (False after ``close`` or if it died)."""
+        return self._thread.is_alive()
+
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop accepting items, finish everything already queued, stop the thread."""
         with self._submit_lock:

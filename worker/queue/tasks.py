@@ -24,7 +24,8 @@ from worker.classify import runner as jobs
 from worker.errors import JobRejected, StorageError
 from worker.inference.engine import InferenceEngine
 from worker.logs import get_logger
-from worker.metrics import record_batch, serve
+from worker.metrics import record_batch
+from worker.queue import probes, queuewait  # noqa: F401 - queuewait hooks Celery's signals
 from worker.queue.app import app
 from worker.queue.deadletter import DeadLetterSink, dead_letter, dead_letter_sink
 from worker.queue.ingest import validate_job
@@ -126,6 +127,7 @@ class _Runtime:
 
 
 runtime = _Runtime(get_settings())
+probes.install(app)
 
 
 class JobTask(Task[..., None]):
@@ -188,13 +190,14 @@ def deliver_callback(job_id: str, location: str, kind: str = "classify") -> None
 
 @signals.worker_ready.connect(weak=False)
 def _on_ready(sender: Any = None, **_: Any) -> None:
-    serve(runtime.settings.metrics_port)
+    queues = sorted(app.amqp.queues.consume_from)
+    probes.start(runtime.settings, runtime.engine, queues, runtime.names.retrain)
     # What this worker really consumes and runs (-Q and -c override the settings).
     controller = getattr(sender, "controller", None)
     log.info(
         "worker_ready",
         broker=runtime.settings.broker_kind,
-        queues=sorted(app.amqp.queues.consume_from),
+        queues=queues,
         concurrency=getattr(controller, "concurrency", runtime.settings.worker_concurrency),
     )
 
