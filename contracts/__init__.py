@@ -33,12 +33,23 @@ from contracts.jobs import (
 from contracts.model_card import (
     Calibration,
     DataSummary,
+    DomainSummary,
     EvaluationMetrics,
+    FeatureSummary,
     ModelCard,
     Preprocessing,
     TrainingInfo,
 )
-from contracts.results import Counts, ImageResult, JobSummary, RetrainSummary, Timings
+from contracts.results import (
+    Counts,
+    DomainCheck,
+    ImageResult,
+    JobSummary,
+    Provenance,
+    ProvenanceSource,
+    RetrainSummary,
+    Timings,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -49,8 +60,11 @@ __all__ = [
     "ClassifyShard",
     "Counts",
     "DataSummary",
+    "DomainCheck",
+    "DomainSummary",
     "ErrorCode",
     "EvaluationMetrics",
+    "FeatureSummary",
     "Holdout",
     "ImageError",
     "ImageResult",
@@ -65,6 +79,8 @@ __all__ = [
     "PrefixInput",
     "Preprocessing",
     "PromotionPolicy",
+    "Provenance",
+    "ProvenanceSource",
     "RetrainJob",
     "RetrainSummary",
     "ShardItem",

@@ -34,6 +34,9 @@ class ErrorCode(StrEnum):
     """The model raised while scoring this image's batch."""
     INTERNAL_ERROR = "internal_error"
     """An unexpected failure inside synthdetect (a bug); the worker log has the details."""
+    OUT_OF_DOMAIN = "out_of_domain"
+    """Not a failure: the model abstained because the image lies outside the domain it
+    was trained on (``ImageResult.domain`` says why; its scores are still reported)."""
 
 
 class ImageError(Contract):

@@ -65,6 +65,50 @@ class TrainingInfo(Contract):
     device: str
 
 
+class FeatureSummary(Contract):
+    """How the model scores an image's distance from its training images.
+
+    The exported model returns, next to its logits, the image's class-conditional
+    Mahalanobis distance (shared covariance) from its training images' features at
+    ``taps``: global averages of intermediate activations, each tap's distance
+    divided by its median on the training images, their sum the score.
+    The means and precision matrices live inside the model file (the card's
+    ``sha256`` pins them); ``threshold`` was chosen on held-out in-domain images.
+    """
+
+    method: Literal["mahalanobis"] = "mahalanobis"
+    taps: list[str] = Field(min_length=1, description="Where the features come from.")
+    dimensions: PositiveInt = Field(description="Feature values per image, over all taps.")
+    fitted_on: NonNegativeInt = Field(description="Training images the Gaussians were fitted on.")
+    threshold: float = Field(description="Scores above this are out of domain.")
+    coverage: float = Field(ge=0, le=1, description="Share of the held-out images under it.")
+    heldout: NonNegativeInt = Field(description="How many held-out images chose the threshold.")
+    quantiles: dict[str, float] = Field(
+        default_factory=dict, description="Held-out score quantiles by percent, e.g. '99'."
+    )
+
+
+class DomainSummary(Contract):
+    """The training domain: what the model has seen, so serving can tell what it has not.
+
+    An input whose width or height lies more than ``size_tolerance`` times outside
+    the range seen in training is out of domain by its size alone (a 3024x4032
+    photo against 32x32 thumbnails); otherwise the feature score decides. A
+    ``narrow`` domain (one source, one size) makes the default policy abstain.
+    """
+
+    description: str = Field(description="What the training images were, in words.")
+    narrow: bool = Field(description="The model only knows a narrow kind of image.")
+    input_sizes: dict[str, NonNegativeInt] = Field(
+        description="The commonest training image sizes ('WxH') and how many had each."
+    )
+    width_range: tuple[PositiveInt, PositiveInt]
+    height_range: tuple[PositiveInt, PositiveInt]
+    size_tolerance: float = Field(default=2.0, ge=1)
+    formats: dict[str, NonNegativeInt] = Field(description="Training images per file format.")
+    features: FeatureSummary | None = None
+
+
 class ModelCard(Contract):
     """Metadata published next to every model file; loading verifies ``sha256``."""
 
@@ -84,4 +128,7 @@ class ModelCard(Contract):
     training: TrainingInfo | None = None
     metrics: dict[str, EvaluationMetrics] = Field(
         default_factory=dict, description="By evaluation name, e.g. 'heldout' and 'cv'."
+    )
+    domain: DomainSummary | None = Field(
+        default=None, description="The training domain; without it results say 'unknown'."
     )

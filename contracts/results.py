@@ -10,11 +10,76 @@ from contracts._base import Contract, JobId, Label, ModelId, SchemaVersion
 from contracts.errors import ErrorCode, ImageError
 
 
+class DomainCheck(Contract):
+    """Whether an image lies in the domain the model was trained on.
+
+    The model card's ``domain`` records that domain: the input sizes it saw and a
+    summary of its training images' features. ``score`` is the image's distance
+    from them in the model's own feature space (computed in the same forward
+    pass), ``threshold`` the distance that 99 % of held-out in-domain images stay
+    under. ``in_domain`` is null when the model cannot tell (its card has no
+    domain summary, or its file returns no domain score): unknown, never a pass.
+    """
+
+    in_domain: bool | None = Field(description="null: unknown (see reason).")
+    score: float | None = Field(
+        default=None, description="Feature-space distance from the training images."
+    )
+    threshold: float | None = Field(default=None, description="Scores above this are out.")
+    reason: str | None = Field(
+        default=None,
+        description="Why the image is out of domain or unknown, e.g. "
+        "'input 3024x4032 is far outside the training sizes 32x32'.",
+        max_length=300,
+    )
+
+
+ProvenanceSource = Literal["c2pa", "xmp", "png_text", "exif"]
+
+
+class Provenance(Contract):
+    """What the file's own metadata says about its origin, read from the fetched bytes.
+
+    ``source`` is the strongest evidence found: a C2PA manifest, an IPTC/XMP
+    ``DigitalSourceType``, text chunks an image generator writes into PNGs, or an
+    EXIF/XMP software tag. Only a C2PA manifest can be ``validated`` (its
+    signature, its hash of these very bytes and its signer's certificate chain to
+    a configured trust anchor all check out); everything else is trivially forged
+    or stripped, so it is reported and never overrides the pixels.
+    """
+
+    source: ProvenanceSource
+    claim: str | None = Field(
+        default=None,
+        description="The IPTC digital source type claimed, e.g. 'trainedAlgorithmicMedia', "
+        "'compositeWithTrainedAlgorithmicMedia' or 'digitalCapture'.",
+        max_length=200,
+    )
+    ai_generated: bool = Field(
+        description="The metadata says the image was made or composited by generative AI."
+    )
+    generator: str | None = Field(
+        default=None, description="The tool it names, e.g. 'ComfyUI'.", max_length=200
+    )
+    validated: bool = False
+    signer: str | None = Field(
+        default=None, description="C2PA only: who signed the manifest.", max_length=200
+    )
+    detail: str | None = Field(
+        default=None,
+        description="Why a manifest is not validated, or what else was found.",
+        max_length=500,
+    )
+
+
 class ImageResult(Contract):
     """The verdict on one image: a label with its confidence, or a structured error.
 
     ``confidence`` is the calibrated probability of ``label``; ``scores`` holds the
-    calibrated probability of every label and sums to 1.
+    calibrated probability of every label and sums to 1. ``domain`` says whether the
+    image is like the model's training images; an abstention (error code
+    ``out_of_domain``) has no label but keeps ``scores``. ``decided_by`` is
+    ``provenance`` when a validated C2PA claim of AI generation set the label.
     """
 
     model_config = ConfigDict(
@@ -50,6 +115,11 @@ class ImageResult(Contract):
     true_label: Label | None = Field(
         default=None, description="The known label, when the job supplied one (for review)."
     )
+    domain: DomainCheck | None = None
+    provenance: Provenance | None = None
+    decided_by: Literal["model", "provenance"] | None = Field(
+        default=None, description="What set the label: the model's scores or provenance."
+    )
 
     @model_validator(mode="after")
     def _label_xor_error(self) -> ImageResult:
@@ -57,15 +127,28 @@ class ImageResult(Contract):
             raise ValueError("a result has either a label or an error")
         if self.label is not None and (self.confidence is None or self.scores is None):
             raise ValueError("a labelled result needs confidence and scores")
+        if self.decided_by is not None and self.label is None:
+            raise ValueError("decided_by needs a label")
         return self
+
+    @property
+    def abstained(self) -> bool:
+        """The model declined to label this image (out of its domain)."""
+        return self.error is not None and self.error.code == ErrorCode.OUT_OF_DOMAIN
 
 
 class Counts(Contract):
-    """How many images ended in each way."""
+    """How many images ended in each way.
+
+    Abstentions are in ``by_error`` under ``out_of_domain``; ``out_of_domain``
+    counts every image whose domain check failed, labelled or not.
+    """
 
     total: NonNegativeInt = 0
     by_label: dict[Label, NonNegativeInt] = Field(default_factory=dict)
     by_error: dict[ErrorCode, NonNegativeInt] = Field(default_factory=dict)
+    out_of_domain: NonNegativeInt = 0
+    decided_by_provenance: NonNegativeInt = 0
 
 
 class Timings(Contract):
@@ -81,8 +164,9 @@ class Timings(Contract):
 class JobSummary(Contract):
     """The outcome of a classify job, written after its last shard finishes.
 
-    ``status`` is ``succeeded`` when every image got a label, ``partial`` when
-    some did and some failed, and ``failed`` when none did.
+    ``status`` is ``succeeded`` when every image got a label or an abstention
+    (``out_of_domain``), ``partial`` when some did and some failed, and ``failed``
+    when none did.
     """
 
     schema_version: SchemaVersion = 1

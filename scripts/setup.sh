@@ -23,3 +23,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -c "import torch, worker.cli.main, contracts.producer" # fail here if it broke
   touch "$stamp"
 fi
+if [ "$extra" = test ]; then
+  scripts/deploy_tools.sh >/dev/null  # promtool for the deploy/ tests
+fi

@@ -20,15 +20,26 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("wire format", ("contracts",), "pydantic models and JSON Schemas; producers import it alone"),
     (
         "foundation",
-        ("worker.settings", "worker.errors", "worker.logs", "worker.metrics"),
-        "every knob, the error hierarchy, structured logs, Prometheus metrics",
+        (
+            "worker.settings",
+            "worker.errors",
+            "worker.logs",
+            "worker.metrics",
+            "worker.lifecycle",
+            "worker.health",
+        ),
+        "every knob, error hierarchy, structured logs, metrics, shutdown state, health endpoints",
     ),
     (
         "storage",
         ("worker.storage", "worker.objectreader"),
         "S3 and local folders behind one interface; fast S3 GETs",
     ),
-    ("imaging", ("worker.imaging",), "safe decode and preprocessing"),
+    (
+        "imaging",
+        ("worker.imaging", "worker.provenance"),
+        "safe decode and preprocessing; provenance metadata (C2PA, XMP, generator tags)",
+    ),
     ("webhooks", ("worker.webhooks",), "signing, SSRF guard, retry policy, delivery records"),
     ("inference", ("worker.inference",), "model loading, registry, provider, dynamic batcher"),
     (

@@ -166,9 +166,40 @@ class ImageLimits:
         )
 
 
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the file held before preprocessing: its upright size and its format.
+
+    The domain check compares these with what the model saw in training: a
+    3024x4032 photo fitted to 32x32 pixels looks nothing like a 32x32 original.
+    """
+
+    width: int
+    height: int
+    format: str
+
+    def describe(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A model's input pixels (H, W, 3 uint8) and the source they came from."""
+
+    pixels: npt.NDArray[np.uint8]
+    source: SourceInfo
+
+
 def decode_image(
     data: bytes, limits: ImageLimits, target_size: tuple[int, int] | None = None
 ) -> Image.Image:
+    """``decode_image_with_source`` without the source description."""
+    return decode_image_with_source(data, limits, target_size)[0]
+
+
+def decode_image_with_source(
+    data: bytes, limits: ImageLimits, target_size: tuple[int, int] | None = None
+) -> tuple[Image.Image, SourceInfo]:
     """Decode untrusted bytes into an upright 8-bit RGB image (first frame of animations).
 
     ``target_size`` (height, width) is the size preprocessing will produce. A JPEG at
@@ -178,26 +209,28 @@ def decode_image(
     Raises ``ImageFailure`` with code empty_file, too_large, too_many_pixels,
     unsupported_format or corrupt_image.
     """
-    with _decoded(data, limits, target_size) as image:
-        return image
+    with _decoded(data, limits, target_size) as decoded:
+        return decoded
 
 
 @contextmanager
 def _decoded(
     data: bytes, limits: ImageLimits, target_size: tuple[int, int] | None
-) -> Iterator[Image.Image]:
-    """``decode_image``, holding the image's pixels from the budget until the block ends."""
+) -> Iterator[tuple[Image.Image, SourceInfo]]:
+    """``decode_image_with_source``, holding the image's pixels from the budget until the
+    block ends."""
     _check_bytes(data, limits)
     _let_pillow_reach(limits.max_pixels)
     try:
         with _open(data, limits) as image:
             _check_pixels(image, limits)
+            source = _source_info(image)
             if target_size is not None and image.format in _DRAFTABLE_FORMATS:
                 image.draft("RGB", _draft_size(image, target_size))
             with _held(limits, image.width * image.height * _frames_held(image)):
                 image.load()
                 ImageOps.exif_transpose(image, in_place=True)
-                yield _to_rgb(image)
+                yield _to_rgb(image), source
     # Pillow's own guard can still fire inside open() or while loading GIF and TIFF frames;
     # the warning is an exception only where warnings are errors.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -237,16 +270,21 @@ def preprocess(image: Image.Image, spec: Preprocessing) -> npt.NDArray[np.uint8]
 def load_image_array(
     data: bytes, limits: ImageLimits, spec: Preprocessing
 ) -> npt.NDArray[np.uint8]:
-    """``decode_image`` then ``preprocess``, letting large JPEGs decode at reduced scale.
+    """``decode_image`` then ``preprocess``, letting large JPEGs decode at reduced scale."""
+    return load_image(data, limits, spec).pixels
+
+
+def load_image(data: bytes, limits: ImageLimits, spec: Preprocessing) -> PreparedImage:
+    """``load_image_array`` that also says what the source image was.
 
     The decoded image's pixels are held from ``limits.pixel_budget`` until the
     small array is made. JPEGs take the simplejpeg path when it applies.
     """
-    fast = _fast_jpeg_array(data, limits, spec)
+    fast = _fast_jpeg(data, limits, spec)
     if fast is not None:
         return fast
-    with _decoded(data, limits, spec.input_size) as image:
-        return preprocess(image, spec)
+    with _decoded(data, limits, spec.input_size) as (image, source):
+        return PreparedImage(preprocess(image, spec), source)
 
 
 def preprocess_array(pixels: npt.NDArray[np.uint8], spec: Preprocessing) -> npt.NDArray[np.uint8]:
@@ -290,10 +328,8 @@ def _frames_held(image: Image.Image) -> int:
 # --- the simplejpeg path --------------------------------------------------------------------
 
 
-def _fast_jpeg_array(
-    data: bytes, limits: ImageLimits, spec: Preprocessing
-) -> npt.NDArray[np.uint8] | None:
-    """The preprocessed array of a plain JPEG through simplejpeg, or None to use Pillow.
+def _fast_jpeg(data: bytes, limits: ImageLimits, spec: Preprocessing) -> PreparedImage | None:
+    """A plain JPEG decoded and preprocessed through simplejpeg, or None to use Pillow.
 
     None whenever Pillow could answer differently: no simplejpeg, JPEG not allowed,
     an EXIF orientation other than upright, MPO, CMYK/YCCK, or data simplejpeg
@@ -327,7 +363,7 @@ def _fast_jpeg_array(
             )
         except ValueError:
             return None
-        return preprocess_array(pixels, spec)
+        return PreparedImage(preprocess_array(pixels, spec), SourceInfo(width, height, "JPEG"))
 
 
 def _dct_scale(width: int, height: int, target_width: int, target_height: int) -> int:
@@ -427,6 +463,14 @@ def _check_pixels(image: Image.Image, limits: ImageLimits) -> None:
             f"the image is {width}x{height} = {width * height} pixels, "
             f"more than the limit of {limits.max_pixels}",
         )
+
+
+def _source_info(image: ImageFile.ImageFile) -> SourceInfo:
+    """The header's size as the image is shown (EXIF rotation applied) and its format."""
+    width, height = image.size
+    if image.getexif().get(ExifTags.Base.Orientation) in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    return SourceInfo(width=width, height=height, format=str(image.format or "unknown"))
 
 
 def _draft_size(image: Image.Image, target_size: tuple[int, int]) -> tuple[int, int]:

@@ -122,6 +122,24 @@ class Settings(BaseSettings):
         description="How often a worker re-reads model aliases (how fast promotions arrive).",
     )
 
+    # --- domain check and provenance ----------------------------------------------
+    domain_policy: Literal["auto", "flag", "abstain"] = Field(
+        default="auto",
+        description="Out-of-domain images: flag = keep the label and report the domain; "
+        "abstain = no label, error code out_of_domain, scores kept; auto = abstain for models "
+        "whose card declares a narrow domain (the default model), flag for the others.",
+    )
+    provenance: bool = Field(
+        default=True,
+        description="Read C2PA manifests, IPTC/XMP DigitalSourceType and generator tags from "
+        "each image's bytes (no extra I/O).",
+    )
+    c2pa_trust_anchors: Path | None = Field(
+        default=None,
+        description="PEM file of the certificate authorities whose C2PA signatures count as "
+        "validated; without it no manifest is validated (and none decides a label).",
+    )
+
     # --- object storage ----------------------------------------------------------
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 API endpoint; unset = AWS. e.g. http://127.0.0.1:8333"
@@ -205,6 +223,17 @@ class Settings(BaseSettings):
         description=(
             "Times a message may be redelivered (worker lost, crash) before the broker "
             "dead-letters it (RabbitMQ x-delivery-limit; SQS maxReceiveCount - 1)."
+        ),
+    )
+    shutdown_grace_s: float = Field(
+        default=25.0,
+        ge=0,
+        le=3600,
+        description=(
+            "On SIGTERM a worker stops taking messages and finishes a running shard only if "
+            "it can within this many seconds; otherwise it hands the shard back to the broker "
+            "at once (RabbitMQ: reject with requeue; SQS: visibility 0). Give the process "
+            "manager a few seconds more (Kubernetes terminationGracePeriodSeconds)."
         ),
     )
     metrics_port: int = Field(

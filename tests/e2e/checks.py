@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.request
+from typing import Any
 
 from contracts import ImageResult, JobSummary
 from tests.support.callbacks import CallbackReceiver, Delivery
@@ -41,14 +43,27 @@ def job_results(
     return summary, read_results(storage, layout, summary.shards)
 
 
+ABSTAINED = "abstained"
+
+
+def outcome(result: ImageResult | dict[str, Any]) -> str | None:
+    """A result's label, ``abstained`` for an out-of-domain abstention, None for a failure."""
+    if isinstance(result, dict):
+        result = ImageResult.model_validate_json(json.dumps(result))
+    return ABSTAINED if result.abstained else result.label
+
+
 def assert_matches_embedded(results: list[ImageResult], expected: dict[str, str]) -> None:
-    """One result per image, none twice, and each label as the embedded mode gave it."""
+    """One result per image, none twice, each label (or abstention) as the embedded mode
+    gave it, and every result carrying the default model's domain check."""
     uris = [r.uri for r in results]
     assert len(uris) == len(set(uris)), "an image has more than one result"
     assert set(uris) == set(expected)
-    assert all(r.error is None for r in results), [r for r in results if r.error][:3]
-    mismatched = {r.uri for r in results if r.label != expected[r.uri]}
+    failed = [r for r in results if r.error is not None and not r.abstained]
+    assert not failed, failed[:3]
+    mismatched = {r.uri for r in results if outcome(r) != expected[r.uri]}
     assert not mismatched, f"{len(mismatched)} labels differ from the embedded mode"
+    assert all(r.domain is not None and r.domain.in_domain is not None for r in results)
 
 
 def scrape(metrics_url: str) -> dict[str, float]:

@@ -25,6 +25,7 @@ import pytest
 
 from contracts import ModelRef
 from scripts.dev_s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY, SeaweedServer
+from tests.e2e.checks import outcome
 from tests.support.brokers import free_port
 from tests.support.callbacks import CallbackReceiver, running_receiver
 from worker.classify.inputs import InputItem
@@ -52,7 +53,7 @@ class Dataset:
     prefix: str
     images: dict[str, bytes]
     labels: dict[str, str]
-    """The embedded mode's label of every URI."""
+    """The embedded mode's label (or ``abstained``) of every URI."""
 
 
 def _extra_images(count: int) -> list[tuple[str, bytes]]:
@@ -107,7 +108,8 @@ def dataset(e2e_s3: Settings) -> Dataset:
 
 
 def embedded_labels(images: dict[str, bytes]) -> dict[str, str]:
-    """What ``classify_items`` (the embedded mode's pipeline) says about the same bytes."""
+    """What ``classify_items`` (the embedded mode's pipeline) says about the same bytes: a
+    label, or ``abstained`` where the default model's domain check abstains."""
     settings = Settings(device="cpu")
     engine = InferenceEngine.from_settings(settings, Storage.from_settings(settings))
     try:
@@ -119,7 +121,7 @@ def embedded_labels(images: dict[str, bytes]) -> dict[str, str]:
             ImageLimits.from_settings(settings),
             PipelineConfig.from_settings(settings),
         )
-        return {r.uri: r.label for r in results if r.label is not None}
+        return {r.uri: found for r in results if (found := outcome(r)) is not None}
     finally:
         engine.close()
 

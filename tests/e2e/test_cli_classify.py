@@ -45,10 +45,15 @@ def test_classifying_the_sample_folder_is_accurate(tmp_path: Path) -> None:
     expected = sorted(str(p) for p in SAMPLE.glob("*/*.jpg"))
     assert len(expected) == 400
     assert sorted(r.uri for r in results) == expected
-    assert all(r.error is None for r in results)
+    # CIFAKE is the default model's domain: it abstains on at most a few images (about 1 %)
+    assert all(r.error is None or r.abstained for r in results)
+    abstained = sum(r.abstained for r in results)
+    assert abstained <= 8, f"{abstained} abstentions"
+    assert all(r.domain is not None and r.domain.in_domain is not None for r in results)
     assert {r.true_label for r in results} == {"real", "synthetic"}
-    correct = sum(r.label == r.true_label for r in results)
-    assert correct / len(results) > 0.95, f"accuracy {correct / len(results):.2%}"
+    labelled = [r for r in results if r.label is not None]
+    correct = sum(r.label == r.true_label for r in labelled)
+    assert correct / len(labelled) > 0.95, f"accuracy {correct / len(labelled):.2%}"
     assert "synthdetect classify" in run.stderr  # the summary table
     assert "total" in run.stderr
     assert "400 images" in run.stderr

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pika
 import pytest
 from celery import Celery
+from PIL import Image
 
 from contracts import ClassifyJob, ErrorCode
 from tests.e2e.checks import (
+    ABSTAINED,
     assert_delivered_once,
     assert_matches_embedded,
     batch_sizes,
     job_results,
+    outcome,
     wait_for_callback,
 )
 from tests.e2e.conftest import (
@@ -62,6 +67,14 @@ def app(worker: WorkerProcess) -> Celery:
 @pytest.fixture
 def storage(worker: WorkerProcess) -> Storage:
     return Storage.from_settings(worker.settings)
+
+
+def phone_photo() -> bytes:
+    """A 1600x1200 JPEG: the size of a downscaled phone photo."""
+    pixels = np.random.default_rng(7).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def publish_plain(queue: str, body: bytes) -> None:
@@ -134,7 +147,7 @@ def test_50_concurrent_one_image_jobs_share_batches(
         assert len(accepted) == 1, f"{job_id}: {found[job_id]}"
         (result,) = accepted[0].body["results"]  # small jobs: results inline
         assert result["uri"] == uri
-        assert result["label"] == dataset.labels[uri]
+        assert outcome(result) == dataset.labels[uri]
         assert accepted[0].verified
     batches, images, singles = (
         a - b for a, b in zip(batch_sizes(worker.metrics_url), before, strict=True)
@@ -201,16 +214,18 @@ def test_good_missing_and_corrupt_images_end_partial(
     worker: WorkerProcess, app: Celery, dataset: Dataset, receiver: CallbackReceiver, tmp_path: Path
 ) -> None:
     storage = Storage.from_settings(worker.settings)
-    good = sorted(dataset.images)[0]
+    good = next(uri for uri in sorted(dataset.images) if dataset.labels[uri] != ABSTAINED)
     truncated = f"s3://{dataset.bucket}/bad/truncated.jpg"
     garbage = f"s3://{dataset.bucket}/bad/garbage.jpg"
     missing = f"s3://{dataset.bucket}/bad/missing.jpg"
+    photo = f"s3://{dataset.bucket}/bad/photo.jpg"
     storage.put_bytes(truncated, dataset.images[good][:300])
+    storage.put_bytes(photo, phone_photo())
     storage.put_bytes(garbage, b"definitely not an image" * 10)
     job = ClassifyJob.model_validate(
         {
             "job_id": new_job_id("mixed"),
-            "inputs": {"kind": "uris", "uris": [good, missing, truncated, garbage]},
+            "inputs": {"kind": "uris", "uris": [good, missing, truncated, garbage, photo]},
             "output": {"uri": f"s3://{dataset.bucket}/results/mixed"},
             "callback": {"url": receiver.plan("/mixed")},
         }
@@ -223,8 +238,17 @@ def test_good_missing_and_corrupt_images_end_partial(
     assert by_uri[missing]["error"]["code"] == ErrorCode.NOT_FOUND
     assert by_uri[truncated]["error"]["code"] == ErrorCode.CORRUPT_IMAGE
     assert by_uri[garbage]["error"]["code"] == ErrorCode.UNSUPPORTED_FORMAT
+    # the default model abstains on a photo far outside its 32x32 training images
+    assert by_uri[photo].get("label") is None  # results omit null fields
+    assert by_uri[photo]["error"]["code"] == ErrorCode.OUT_OF_DOMAIN
+    assert by_uri[photo]["domain"]["in_domain"] is False
+    assert "far outside the training sizes 32x32" in by_uri[photo]["domain"]["reason"]
+    assert set(by_uri[photo]["scores"]) == {"real", "synthetic"}
+    assert by_uri[good]["domain"]["in_domain"] is True
     assert body["counts"]["by_error"] == {
         "corrupt_image": 1,
         "not_found": 1,
+        "out_of_domain": 1,
         "unsupported_format": 1,
     }
+    assert body["counts"]["out_of_domain"] == 1

@@ -451,6 +451,7 @@ def test_the_simplejpeg_path_gives_pillows_pixels() -> None:
     for path in sample:
         data = path.read_bytes()
         fast = load_image_array(data, LIMITS, spec)
-        with imaging._decoded(data, LIMITS, spec.input_size) as image:
+        with imaging._decoded(data, LIMITS, spec.input_size) as (image, source):
             slow = imaging.preprocess(image, spec)
+        assert imaging.load_image(data, LIMITS, spec).source == source
         assert np.array_equal(fast, slow), path.name

@@ -2,9 +2,11 @@
 
 ::
 
-    items ─► fetch + decode (fetch_concurrency threads; decode_threads at once)  objects
-          ─► decode in chunks (decode_threads threads)                          bytes in memory
-          ─► engine.submit (shared dynamic batcher) ─► ImageResult, in input order
+    items ─► fetch + decode + provenance (fetch_concurrency threads,       objects
+                                             decode_threads at once)
+          ─► decode + provenance in chunks (decode_threads threads)     bytes in memory
+          ─► engine.submit (shared dynamic batcher)
+          ─► domain check + policy (verdict) ─► ImageResult, in input order
 
 Items that must be read (S3 objects, files) get one fetch task each, so many
 GETs wait on the network at once. Items whose bytes are already in memory (tar
@@ -32,17 +34,22 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from contracts import ErrorCode, ImageError, ImageResult, ModelRef
+from contracts import ErrorCode, ImageError, ImageResult, ModelCard, ModelRef, Provenance
 from worker.classify.inputs import InputItem
 from worker.classify.priority import PRIORITY
+from worker.classify.verdict import DomainPolicy, make_result
 from worker.errors import ImageFailure, ModelError
-from worker.imaging import ImageLimits, load_image_array
+from worker.imaging import ImageLimits, SourceInfo, load_image
 from worker.inference.batcher import BatchFailed
 from worker.inference.prediction import Prediction
 from worker.logs import get_logger
+from worker.metrics import timed_stage
+from worker.provenance.reader import ProvenanceReader
 from worker.settings import Settings
 
 if TYPE_CHECKING:  # torch loads with the engine, not with this module
@@ -59,13 +66,11 @@ WINDOW_BYTES = 64 * 1024 * 1024
 CHUNK_BYTES = 256 * 1024
 """A chunk closes once it holds this many bytes, so large images still spread over threads."""
 
-_Staged = Future[Prediction] | BaseException
-"""An image on its way: its place in a batch, or why it never got one."""
-
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Concurrency limits of one pipeline run, and its lane in the shared batcher."""
+    """Concurrency limits of one pipeline run, its lane in the shared batcher, its domain
+    policy and provenance reading."""
 
     fetch_concurrency: int
     decode_threads: int
@@ -75,6 +80,9 @@ class PipelineConfig:
     chunk: int = DECODE_CHUNK
     window_bytes: int = WINDOW_BYTES
     """Bytes of in-memory images (tar members) in flight at most, however large they are."""
+    policy: DomainPolicy = field(default_factory=DomainPolicy)
+    provenance: bool = True
+    trust_anchors: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, urgent: bool = False) -> PipelineConfig:
@@ -85,7 +93,30 @@ class PipelineConfig:
             # with only two, batches of a model-bound job ran at 46 images of 64.
             window=settings.fetch_concurrency + 4 * settings.max_batch,
             urgent=urgent,
+            policy=DomainPolicy.from_settings(settings),
+            provenance=settings.provenance,
+            trust_anchors=settings.c2pa_trust_anchors,
         )
+
+
+@lru_cache(maxsize=4)
+def provenance_reader(trust_anchors: Path | None) -> ProvenanceReader:
+    """One reader per trust list and process (it keeps a C2PA context per thread)."""
+    return ProvenanceReader(trust_anchors)
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """An image on its way through the batcher, with what its result needs besides scores."""
+
+    prediction: Future[Prediction]
+    card: ModelCard
+    source: SourceInfo
+    provenance: Provenance | None
+
+
+_Outcome = _Staged | BaseException
+"""An image's place in a batch, or why it never got one."""
 
 
 def classify_items(
@@ -97,17 +128,22 @@ def classify_items(
 ) -> Iterator[ImageResult]:
     """Yield one ``ImageResult`` per input item, in input order."""
     decode_slots = threading.BoundedSemaphore(config.decode_threads)
+    reader = provenance_reader(config.trust_anchors) if config.provenance else None
     pause = (lambda: None) if config.urgent else PRIORITY.yield_to_interactive
 
     def stage(data: bytes) -> _Staged:
         loaded = engine.model_for(model)
-        pixels = load_image_array(data, limits, loaded.card.preprocessing)
-        return engine.submit(pixels, loaded, config.urgent)
+        with timed_stage("decode"):
+            prepared = load_image(data, limits, loaded.card.preprocessing)
+            provenance = reader.read(data) if reader is not None else None
+        prediction = engine.submit(prepared.pixels, loaded, config.urgent)
+        return _Staged(prediction, loaded.card, prepared.source, provenance)
 
-    def fetch_and_stage(item: InputItem) -> list[_Staged]:
+    def fetch_and_stage(item: InputItem) -> list[_Outcome]:
         pause()
         try:
-            data = item.load()
+            with timed_stage("fetch"):
+                data = item.load()
             with decode_slots:
                 return [stage(data)]
         except ModelError:
@@ -115,8 +151,8 @@ def classify_items(
         except Exception as exc:  # noqa: BLE001 - this image's failure is its own result
             return [exc]
 
-    def stage_chunk(chunk: list[InputItem]) -> list[_Staged]:
-        staged: list[_Staged] = []
+    def stage_chunk(chunk: list[InputItem]) -> list[_Outcome]:
+        staged: list[_Outcome] = []
         for item in chunk:
             pause()
             try:
@@ -127,7 +163,7 @@ def classify_items(
                 staged.append(exc)
         return staged
 
-    in_flight: deque[tuple[list[InputItem], int, Future[list[_Staged]]]] = deque()
+    in_flight: deque[tuple[list[InputItem], int, Future[list[_Outcome]]]] = deque()
     queued = held = 0  # images and in-memory bytes in flight
     source = iter(items)
     pending: InputItem | None = None
@@ -167,7 +203,7 @@ def classify_items(
             queued -= len(chunk)
             held -= size
             for item, outcome in zip(chunk, staged.result(), strict=True):
-                yield _result_for(item, outcome)
+                yield _result_for(item, outcome, config.policy)
     finally:
         for _, _, staged in in_flight:
             staged.cancel()
@@ -175,11 +211,11 @@ def classify_items(
         decoders.shutdown(wait=False, cancel_futures=True)
 
 
-def _result_for(item: InputItem, staged: _Staged) -> ImageResult:
+def _result_for(item: InputItem, staged: _Outcome, policy: DomainPolicy) -> ImageResult:
     try:
         if isinstance(staged, BaseException):
             raise staged
-        prediction = staged.result()
+        prediction = staged.prediction.result()
     except ImageFailure as failure:
         return _failed(item, failure.to_contract())
     except ModelError:
@@ -195,12 +231,13 @@ def _result_for(item: InputItem, staged: _Staged) -> ImageResult:
             ErrorCode.INFERENCE_FAILED if isinstance(exc, BatchFailed) else ErrorCode.INTERNAL_ERROR
         )
         return _failed(item, ImageError(code=code, message=f"{type(exc).__name__}: {exc}"))
-    return ImageResult(
+    return make_result(
         uri=item.uri,
-        label=prediction.label,
-        confidence=prediction.confidence,
-        scores=prediction.scores,
-        model=prediction.model,
+        prediction=prediction,
+        card=staged.card,
+        source=staged.source,
+        provenance=staged.provenance,
+        policy=policy,
         true_label=item.true_label,
     )
 

@@ -182,6 +182,8 @@ def assemble_summary(markers: list[ShardDone], record: JobRecord, layout: JobLay
         total.total += marker.counts.total
         total.by_label.update(marker.counts.by_label)
         total.by_error.update(marker.counts.by_error)
+        total.out_of_domain += marker.counts.out_of_domain
+        total.decided_by_provenance += marker.counts.decided_by_provenance
         models.update(dict.fromkeys(marker.models))
     errors = [f"shard {m.index}: {m.error}" for m in markers if m.error]
     if total.total == 0 and not errors:

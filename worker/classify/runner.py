@@ -23,6 +23,7 @@ less between publish and callback (scripts/bench: ``one_image_idle_p50``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,7 +54,7 @@ from worker.classify.sharding import plan_shards
 from worker.errors import JobRejected, ModelError
 from worker.imaging import ImageLimits
 from worker.logs import get_logger
-from worker.metrics import IMAGES, JOBS
+from worker.metrics import JOBS, SHARD_SECONDS, record_results, timed_stage
 from worker.settings import Settings
 from worker.storage import Storage
 from worker.webhooks.attempts import CallbackTarget, attempt_delivery, delivery_pending
@@ -151,6 +152,7 @@ def _run_shard(shard: ClassifyShard, services: JobServices, fresh: JobRecord | N
     results: list[ImageResult] = []
     if fresh is not None or not storage.exists(layout.done(shard.index)):
         started = datetime.now(UTC)
+        clock = time.monotonic()
         error = None
         try:
             for result in classify_items(
@@ -163,10 +165,11 @@ def _run_shard(shard: ClassifyShard, services: JobServices, fresh: JobRecord | N
                 results.append(result)
         except JobRejected as exc:
             error = exc.reason
-        marker = write_shard_results(storage, layout, shard.index, results, started, error)
+        with timed_stage("write"):
+            marker = write_shard_results(storage, layout, shard.index, results, started, error)
+        SHARD_SECONDS.labels(shard.priority).observe(time.monotonic() - clock)
+        record_results(results)
         labelled = sum(1 for r in results if r.label is not None)
-        IMAGES.labels("labelled").inc(labelled)
-        IMAGES.labels("failed").inc(len(results) - labelled)
         log.info("shard_done", images=len(results), failed=len(results) - labelled, error=error)
     if fresh is not None and marker is not None and shard.count == 1:
         _finalize_fresh(shard, layout, services, fresh, marker, results)
@@ -200,7 +203,7 @@ def _finalize_if_last(shard: ClassifyShard, layout: JobLayout, services: JobServ
     summary = read_summary(storage, layout)
     if summary is None:
         summary = finalize_summary(storage, layout, record)
-        JOBS.labels(summary.status).inc()
+        JOBS.labels(summary.status, record.job.priority).inc()
         log.info(
             "job_finished",
             status=summary.status,
@@ -231,7 +234,7 @@ def _finalize_fresh(
         summary = assemble_summary([marker], record, layout)
         summary_json = summary.model_dump_json(exclude_none=True).encode()
         storage.put_bytes(layout.summary, summary_json, JSON)
-        JOBS.labels(summary.status).inc()
+        JOBS.labels(summary.status, record.job.priority).inc()
         log.info(
             "job_finished",
             status=summary.status,

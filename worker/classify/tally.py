@@ -19,16 +19,22 @@ class ResultTally:
     correct_by_true_label: Counter[str] = field(default_factory=Counter)
     seen_by_true_label: Counter[str] = field(default_factory=Counter)
     models: dict[ModelId, None] = field(default_factory=dict)
+    out_of_domain: int = 0
+    decided_by_provenance: int = 0
 
     def add(self, result: ImageResult) -> None:
         self.total += 1
+        if result.domain is not None and result.domain.in_domain is False:
+            self.out_of_domain += 1
+        if result.decided_by == "provenance":
+            self.decided_by_provenance += 1
+        if result.model is not None:
+            self.models.setdefault(result.model, None)
         if result.error is not None:
             self.by_error[result.error.code] += 1
             return
         assert result.label is not None
         self.by_label[result.label] += 1
-        if result.model is not None:
-            self.models.setdefault(result.model, None)
         if result.true_label is not None:
             self.seen_by_true_label[result.true_label] += 1
             self.correct_by_true_label[result.true_label] += int(result.label == result.true_label)
@@ -40,6 +46,8 @@ class ResultTally:
         self.by_error.update(other.by_error)
         self.correct_by_true_label.update(other.correct_by_true_label)
         self.seen_by_true_label.update(other.seen_by_true_label)
+        self.out_of_domain += other.out_of_domain
+        self.decided_by_provenance += other.decided_by_provenance
         for model in other.models:
             self.models.setdefault(model, None)
 
@@ -49,7 +57,12 @@ class ResultTally:
 
     @property
     def failed(self) -> int:
-        return sum(self.by_error.values())
+        """Images without a label for a reason other than an abstention."""
+        return sum(n for code, n in self.by_error.items() if code != ErrorCode.OUT_OF_DOMAIN)
+
+    @property
+    def abstained(self) -> int:
+        return self.by_error[ErrorCode.OUT_OF_DOMAIN]
 
     def accuracy(self) -> float | None:
         """Share of images with a known true label that got it right; None if none known."""
@@ -73,4 +86,6 @@ class ResultTally:
             total=self.total,
             by_label=dict(sorted(self.by_label.items())),
             by_error=dict(sorted(self.by_error.items())),
+            out_of_domain=self.out_of_domain,
+            decided_by_provenance=self.decided_by_provenance,
         )

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from contracts import ModelRef
+from contracts import ErrorCode, ModelRef
 from worker.classify.inputs import expand_paths
 from worker.classify.pipeline import PipelineConfig, classify_items
 from worker.classify.tally import ResultTally
@@ -141,8 +141,15 @@ def _print_summary(console: Console, tally: ResultTally, elapsed: float) -> None
     for label, n in sorted(tally.by_label.items()):
         table.add_row(f"label: {label}", str(n))
     for code, n in sorted(tally.by_error.items()):
-        table.add_row(f"error: {code.value}", str(n))
+        kind = "abstained" if code == ErrorCode.OUT_OF_DOMAIN else "error"
+        table.add_row(f"{kind}: {code.value}", str(n))
     table.add_row("total", str(tally.total), style="bold")
+    if tally.out_of_domain:
+        table.add_row("of which out of the model's domain", str(tally.out_of_domain))
+    if tally.decided_by_provenance:
+        table.add_row(
+            "of which labelled by a validated C2PA claim", str(tally.decided_by_provenance)
+        )
     console.print(table)
     rate = tally.total / elapsed if elapsed > 0 else 0.0
     models = ", ".join(f"{m.name}@{m.version}" for m in tally.models) or "-"

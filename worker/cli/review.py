@@ -30,11 +30,14 @@ from worker.review.report import (
     scope_sentence,
 )
 from worker.review.views import (
+    DOMAIN_FILTERS,
     SORT_ORDERS,
+    DomainFilter,
     Review,
     ReviewQuery,
     SortOrder,
     agreement,
+    domain_state,
     load_labels,
     load_results,
     select,
@@ -68,6 +71,11 @@ _AGREEMENT_MARKS = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}
 )
 @click.option("--errors", "errors_only", is_flag=True, help="Only images that failed.")
 @click.option(
+    "--domain",
+    type=click.Choice(DOMAIN_FILTERS),
+    help="Only images whose domain check said in, out (labelled or abstained) or unknown.",
+)
+@click.option(
     "--limit", type=click.IntRange(min=0), help="At most this many rows (and failed images)."
 )
 @click.option("--html", "html_uri", help="Write the HTML report here (a path or s3:// URI).")
@@ -88,6 +96,7 @@ def review(
     true_label: str | None,
     agree: bool | None,
     errors_only: bool,
+    domain: str | None,
     limit: int | None,
     html_uri: str | None,
     positive: str | None,
@@ -103,6 +112,7 @@ def review(
             true=true_label,
             agree=agree,
             errors_only=errors_only,
+            domain=cast(DomainFilter | None, domain),
             limit=limit,
         )
     except ValueError as exc:
@@ -141,6 +151,7 @@ def _print_review(console: Console, chosen: Review, metrics: ReviewMetrics, scop
         table.add_column("confidence", justify="right")
         table.add_column("true")
         table.add_column("agree")
+        table.add_column("domain")
         for row in chosen.rows:
             table.add_row(*_row_cells(row))
         console.print(table)
@@ -169,4 +180,5 @@ def _row_cells(row: ImageResult) -> tuple[str, ...]:
         f"{row.confidence or 0.0:.3f}",
         escape(row.true_label or "-"),
         _AGREEMENT_MARKS[agreement(row)],
+        domain_state(row),
     )

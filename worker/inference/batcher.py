@@ -157,6 +157,11 @@ class DynamicBatcher(Generic[T, R]):
         with self._lock:
             return len(self._urgent) + len(self._bulk)
 
+    @property
+    def alive(self) -> bool:
+        """Whether every batch runner thread runs (False after ``close`` or if one died)."""
+        return all(thread.is_alive() for thread in self._threads)
+
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop accepting items, finish everything already queued, stop the threads."""
         with self._lock:

@@ -111,6 +111,11 @@ class InferenceEngine:
     def stats(self) -> BatchStats:
         return self._batcher.stats
 
+    @property
+    def alive(self) -> bool:
+        """Whether the shared batcher's thread runs (the liveness probe asks)."""
+        return self._batcher.alive
+
     def model_for(self, ref: ModelRef) -> LoadedModel:
         """The model the next image for ``ref`` must be preprocessed for and scored by."""
         return self.provider.get(ref)

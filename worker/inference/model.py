@@ -4,6 +4,11 @@ The model file format is private to this module (``load_model``), so adding a
 ``torch.export`` package later touches nothing else. Loading refuses a file
 whose sha256 differs from the card: a truncated upload or a swapped file must
 never serve traffic.
+
+A module returns either logits (N, classes) or a pair (logits, domain score (N,)):
+the domain score comes from the same forward pass (see
+``worker.retrain.training.domain``); older files without it still serve, and
+their results say the domain is unknown.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ from contracts import ModelCard, ModelId
 from worker.errors import ChecksumMismatch, ModelError
 from worker.inference.prediction import Prediction
 from worker.inference.staging import PinnedStaging
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A batch's calibrated probabilities (N, classes) and domain scores (N,) or None."""
+
+    probabilities: np.ndarray
+    domain_scores: np.ndarray | None
 
 
 @dataclass(eq=False)
@@ -53,7 +66,11 @@ class LoadedModel:
         return (h, w, 3)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities, shape (N, len(labels)), for uint8 NHWC images.
+        """Calibrated class probabilities, shape (N, len(labels)), for uint8 NHWC images."""
+        return self.score(images).probabilities
+
+    def score(self, images: np.ndarray) -> Scored:
+        """Calibrated class probabilities and domain scores for uint8 NHWC images.
 
         Normalisation runs on the device on the whole batch, and the result is laid
         out channels_last, which is what the exported convolutions run fastest on.
@@ -70,19 +87,23 @@ class LoadedModel:
         with self._staging.on_stream():
             return self._forward(self._staging.to_device(images))
 
-    def _forward(self, batch: torch.Tensor) -> np.ndarray:
+    def _forward(self, batch: torch.Tensor) -> Scored:
         x = batch.permute(0, 3, 1, 2).float()
         # Explicitly channels_last: oneDNN takes a 20% slower path for the permuted view.
         x = ((x - self._mean) * self._inv_std).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            logits = self.module(x)
+            output = self.module(x)
+        logits, domain = _split_output(output, len(batch))
         logits = logits.float() / self.card.calibration.temperature
-        # .cpu() waits for this stream: the pinned buffer is free for the next batch after it.
-        return torch.softmax(logits, dim=1).cpu().numpy()
+        probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+        # .cpu() waited for this stream: the pinned buffer is free for the next batch now.
+        return Scored(probabilities, None if domain is None else domain.float().cpu().numpy())
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
         """One ``Prediction`` per image, in order."""
-        probs = self.predict_proba(images)
+        scored = self.score(images)
+        probs = scored.probabilities
+        domain = scored.domain_scores
         labels = self.card.labels
         model_id = self.id
         best = probs.argmax(axis=1)
@@ -92,8 +113,9 @@ class LoadedModel:
                 confidence=float(row[k]),
                 scores={label: float(p) for label, p in zip(labels, row, strict=True)},
                 model=model_id,
+                domain_score=None if domain is None else float(domain[i]),
             )
-            for row, k in zip(probs, best, strict=True)
+            for i, (row, k) in enumerate(zip(probs, best, strict=True))
         ]
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
@@ -108,6 +130,23 @@ class LoadedModel:
             dtype=self.autocast_dtype or torch.bfloat16,
             enabled=enabled,
         )
+
+
+def _split_output(output: object, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, domain scores or None) from what the module returned."""
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if (
+        isinstance(output, tuple | list)
+        and len(output) == 2
+        and all(isinstance(part, torch.Tensor) for part in output)
+        and output[1].shape == (n,)
+    ):
+        return output[0], output[1]
+    raise ModelError(
+        "a model must return logits, or (logits, domain score per image); "
+        f"this one returned {type(output).__name__}"
+    )
 
 
 def sha256_hex(data: bytes) -> str:

@@ -10,9 +10,11 @@ from contracts import ModelId
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's calibrated scores and the model that produced them."""
+    """One image's calibrated scores, its domain score, and the model that produced them."""
 
     label: str
     confidence: float
     scores: dict[str, float]
     model: ModelId
+    domain_score: float | None = None
+    """Distance from the training images' features (None: the model file returns none)."""

@@ -26,6 +26,7 @@ from worker.errors import ModelError, StorageError, SynthdetectError
 from worker.inference.model import LoadedModel, load_model
 from worker.inference.registry import ModelRegistry
 from worker.logs import get_logger
+from worker.metrics import record_model_serving
 
 log = get_logger(__name__)
 
@@ -76,8 +77,16 @@ class ModelProvider:
                 raise
             return self._get_loaded(fallback)
         with self._lock:
+            previous = self._serving.get(ref.name)
             self._serving[ref.name] = target
+        if previous != target:
+            record_model_serving(ref.name, target.version, previous.version if previous else None)
         return loaded
+
+    def serving(self, name: str) -> ModelId | None:
+        """The version that last served ``name``'s alias in this process (None before any)."""
+        with self._lock:
+            return self._serving.get(name)
 
     def resolve(self, ref: ModelRef) -> ModelId:
         """A pinned version as is; an alias from cache if younger than the TTL.

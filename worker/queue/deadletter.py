@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from celery import Celery
 
 from worker.logs import get_logger
-from worker.metrics import DEAD_LETTERS
+from worker.metrics import record_dead_letter
 from worker.queue.topology import QueueNames, amqp_queues, dead_letter_exchange, sqs_client
 from worker.settings import Settings
 
@@ -114,5 +114,5 @@ def dead_letter(
 ) -> None:
     """Send and log one dead letter (the log line carries the reason, never the body)."""
     sink.send(body, reason, source_queue, job_id)
-    DEAD_LETTERS.inc()
+    record_dead_letter(reason, source_queue)
     log.warning("message_dead_lettered", reason=reason, queue=source_queue, job_id=job_id)

@@ -19,6 +19,7 @@ from celery import Celery
 from contracts import ClassifyJob, JobSummary, RetrainJob, RetrainSummary
 from worker.classify.results import JobLayout, read_summary
 from worker.errors import ObjectNotFound
+from worker.queue import queuewait  # noqa: F401 - stamps the send time (queue wait)
 from worker.queue.topology import TASK_ACCEPT, TASK_RETRAIN, QueueNames
 from worker.retrain.records import RetrainLayout, jobs_root
 from worker.settings import Settings, get_settings

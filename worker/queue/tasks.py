@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +19,13 @@ import httpx
 import structlog
 from celery import Task, signals
 
-from contracts import ClassifyShard, ModelRef
+from contracts import ClassifyShard
 from worker.classify import runner as jobs
 from worker.classify.priority import PRIORITY
 from worker.errors import JobRejected, StorageError
 from worker.logs import get_logger
-from worker.metrics import record_batch, serve
+from worker.metrics import record_batch
+from worker.queue import probes, queuewait  # noqa: F401 - queuewait hooks Celery's signals
 from worker.queue.app import app
 from worker.queue.deadletter import DeadLetterSink, dead_letter, dead_letter_sink
 from worker.queue.ingest import validate_job
@@ -68,17 +68,6 @@ class _Runtime:
                         yield_bulk=PRIORITY.yield_to_interactive,
                     )
         return self._engine
-
-    def warm_up(self) -> None:
-        """Create the engine and load the default model; failures are logged, not raised
-        (the first job then reports them as it would have anyway)."""
-        started = time.monotonic()
-        try:
-            self.engine().model_for(ModelRef(name=self.settings.default_model))
-        except Exception as exc:  # noqa: BLE001 - a warm-up must never take the worker down
-            log.warning("engine_warm_up_failed", error=f"{type(exc).__name__}: {exc}")
-            return
-        log.info("engine_ready", warm_up_ms=round((time.monotonic() - started) * 1e3))
 
     def client(self) -> httpx.Client:
         with self._lock:
@@ -147,6 +136,7 @@ class _Runtime:
 
 
 runtime = _Runtime(get_settings())
+probes.install(app)
 
 
 class JobTask(Task[..., None]):
@@ -209,18 +199,16 @@ def deliver_callback(job_id: str, location: str, kind: str = "classify") -> None
 
 @signals.worker_ready.connect(weak=False)
 def _on_ready(sender: Any = None, **_: Any) -> None:
-    serve(runtime.settings.metrics_port)
+    queues = sorted(app.amqp.queues.consume_from)
+    probes.start(runtime.settings, runtime.engine, queues, runtime.names.retrain)
     # What this worker really consumes and runs (-Q and -c override the settings).
     controller = getattr(sender, "controller", None)
     log.info(
         "worker_ready",
         broker=runtime.settings.broker_kind,
-        queues=sorted(app.amqp.queues.consume_from),
+        queues=queues,
         concurrency=getattr(controller, "concurrency", runtime.settings.worker_concurrency),
     )
-    # The worker takes jobs from now on; torch and the default model load meanwhile
-    # (a job arriving first waits for the same load, it never starts a second one).
-    threading.Thread(target=runtime.warm_up, name="engine-warm-up", daemon=True).start()
 
 
 @signals.worker_shutdown.connect(weak=False)

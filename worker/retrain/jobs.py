@@ -49,6 +49,7 @@ from worker.errors import JobRejected, ModelError, ObjectNotFound
 from worker.inference.device import configure_cpu_threads
 from worker.inference.registry import ModelRegistry
 from worker.logs import get_logger
+from worker.metrics import record_retrain
 from worker.retrain.records import RetrainLayout, RetrainServices, jobs_root, read_record
 from worker.retrain.run import RetrainRequest, run_retrain
 from worker.settings import Settings
@@ -164,6 +165,7 @@ def run_retrain_job(job: RetrainJob, services: RetrainServices) -> RetrainSummar
             storage.put_bytes(layout.job, job.model_dump_json(exclude_none=True).encode(), JSON)
         summary = _train(job, budget, settings, storage, registry)
         storage.put_bytes(layout.summary, summary.model_dump_json(exclude_none=True).encode(), JSON)
+        record_retrain(summary.promoted, summary.status == "failed", summary.duration_s)
         log.info(
             "retrain_finished",
             status=summary.status,

@@ -50,6 +50,12 @@ from worker.retrain.training.dataset import (
     data_summary,
     load_labelled_images,
 )
+from worker.retrain.training.domain import (
+    MAX_FIT_IMAGES,
+    DomainScored,
+    domain_summary,
+    fit_domain,
+)
 from worker.retrain.training.export import build_card, export_torchscript
 from worker.retrain.training.loop import predict_logits, train_classifier
 from worker.retrain.training.search import SearchOutcome, search
@@ -97,12 +103,28 @@ class MeanLogits(nn.Module):
         self.nets = nn.ModuleList(nets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_taps(x, ())[0]
+
+    def forward_taps(
+        self, x: torch.Tensor, taps: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The mean logits, and the first network's features at ``taps`` (the domain check
+        reads one network: its own forward pass, not a second one)."""
         mirrored = x.flip(3)
         total = torch.zeros(0)
+        found: list[torch.Tensor] = []
         for i, net in enumerate(self.nets):
-            logits = net(x) + net(mirrored)
+            if i == 0 and taps:
+                plain, found = net.forward_taps(x, taps)  # type: ignore[operator]
+                logits = plain + net(mirrored)
+            else:
+                logits = net(x) + net(mirrored)
             total = logits if i == 0 else total + logits
-        return total / (2 * len(self.nets))
+        return total / (2 * len(self.nets)), found
+
+    def default_taps(self) -> tuple[int, ...]:
+        taps: tuple[int, ...] = self.nets[0].default_taps()  # type: ignore[operator]
+        return taps
 
 
 def preprocessing() -> Preprocessing:
@@ -139,7 +161,10 @@ def run_retrain(
         request.seed,
         deadline=deadline,
         reserve_s=EXPORT_RESERVE_S,
-        scored_images=len(holdout) * 2 * (request.folds + 1),  # MeanLogits: 2 views, k+1 nets
+        # MeanLogits: 2 views, k+1 nets; then the domain fit: one net over pool and held-out
+        scored_images=len(holdout) * 2 * (request.folds + 1)
+        + min(len(pool), MAX_FIT_IMAGES)
+        + len(holdout),
         on_progress=say,
     )
     final_candidate = outcome.final_candidate(len(pool))
@@ -188,8 +213,12 @@ def run_retrain(
         f"ECE {heldout.ece:.4f}"
     )
 
+    domain = fit_domain(
+        final, IMAGENET_NORMALISATION, pool.images, pool.labels, holdout.images, seed=request.seed
+    )
+    say(f"domain threshold {domain.threshold:.3g} ({domain.coverage:.1%} of held-out under it)")
     version = registry.next_version(request.model)
-    model_bytes = export_torchscript(final, INPUT_SIZE)
+    model_bytes = export_torchscript(DomainScored(final, domain), INPUT_SIZE)
     card = build_card(
         name=request.model,
         version=version,
@@ -201,6 +230,13 @@ def run_retrain(
         calibration=Calibration(temperature=temperature, ece_before=raw.ece, ece_after=heldout.ece),
         training=_training_info(request, pool, report, outcome, started),
         metrics={"heldout": heldout, "cv": cv_metrics},
+        domain=domain_summary(
+            pool.sources,
+            domain,
+            f"{len(pool)} labelled images from {request.source}",
+        )
+        if pool.sources
+        else None,
     )
     card_uri = registry.publish(card, model_bytes)
     model_id = ModelId(name=request.model, version=version)

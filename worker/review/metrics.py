@@ -189,6 +189,10 @@ def summary_rows(metrics: ReviewMetrics) -> list[tuple[str, str]]:
     rows += [("failed", str(tally.failed))]
     rows += [(f"predicted {label}", str(n)) for label, n in sorted(tally.by_label.items())]
     rows += [(f"error {code.value}", str(n)) for code, n in sorted(tally.by_error.items())]
+    if tally.out_of_domain:
+        rows.append(("out of the model's domain (labelled or abstained)", str(tally.out_of_domain)))
+    if tally.decided_by_provenance:
+        rows.append(("labelled by a validated C2PA claim", str(tally.decided_by_provenance)))
     accuracy = metrics.accuracy
     if accuracy is None:
         rows.append(("accuracy", "unknown: no true labels"))

@@ -38,6 +38,8 @@ from worker.storage import S3_SCHEME, Storage
 
 SortOrder = Literal["confidence", "-confidence", "recency"]
 SORT_ORDERS: tuple[SortOrder, ...] = ("confidence", "-confidence", "recency")
+DomainFilter = Literal["in", "out", "unknown"]
+DOMAIN_FILTERS: tuple[DomainFilter, ...] = ("in", "out", "unknown")
 ORDER_WORDS: dict[SortOrder, str] = {
     "confidence": "least confident first",
     "-confidence": "most confident first",
@@ -63,7 +65,9 @@ class ReviewQuery:
     ``predicted`` and ``agree`` need a prediction, so they leave out failed images;
     ``errors_only`` leaves out labelled ones. ``agree`` True keeps rows whose true
     label equals the prediction, False rows where they differ; rows without a
-    true label match neither. ``limit`` caps rows and errors each.
+    true label match neither. ``domain`` keeps images whose domain check said in,
+    out (labelled under the flag policy, abstentions under abstain) or unknown.
+    ``limit`` caps rows and errors each.
     """
 
     sort: SortOrder = "confidence"
@@ -71,6 +75,7 @@ class ReviewQuery:
     true: str | None = None
     agree: bool | None = None
     errors_only: bool = False
+    domain: DomainFilter | None = None
     limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -80,6 +85,8 @@ class ReviewQuery:
             raise ValueError(f"sort must be one of {', '.join(SORT_ORDERS)}, not {self.sort!r}")
         if self.limit is not None and self.limit < 0:
             raise ValueError("limit must be >= 0")
+        if self.domain is not None and self.domain not in DOMAIN_FILTERS:
+            raise ValueError(f"domain must be one of {', '.join(DOMAIN_FILTERS)}")
 
     def describe(self) -> str:
         """The filter as the ``synthdetect review`` flags that select it, e.g.
@@ -93,6 +100,8 @@ class ReviewQuery:
             flags.append("--agree" if self.agree else "--disagree")
         if self.errors_only:
             flags.append("--errors")
+        if self.domain is not None:
+            flags.append(f"--domain {self.domain}")
         if self.limit is not None:
             flags.append(f"--limit {self.limit}")
         return " ".join(flags)
@@ -120,6 +129,13 @@ class Review:
     def images(self) -> list[ImageResult]:
         """Rows, then errors: every selected result in listing order."""
         return [*self.rows, *self.errors]
+
+
+def domain_state(result: ImageResult) -> DomainFilter:
+    """'in', 'out' or 'unknown': what the image's domain check said."""
+    if result.domain is None or result.domain.in_domain is None:
+        return "unknown"
+    return "in" if result.domain.in_domain else "out"
 
 
 def agreement(result: ImageResult) -> bool | None:
@@ -277,6 +293,9 @@ def select(results: Sequence[ImageResult], query: ReviewQuery) -> Review:
         errors = [r for r in errors if r.true_label == query.true]
     if query.agree is not None:
         rows = [r for r in rows if agreement(r) is query.agree]
+    if query.domain is not None:
+        rows = [r for r in rows if domain_state(r) == query.domain]
+        errors = [r for r in errors if domain_state(r) == query.domain]
     if query.sort == "recency":
         rows.reverse()
         errors.reverse()

@@ -24,7 +24,7 @@ import httpx
 from contracts import Callback
 from worker.errors import JobRejected, ObjectNotFound
 from worker.logs import get_logger
-from worker.metrics import CALLBACK_ATTEMPTS
+from worker.metrics import CALLBACK_ATTEMPTS, STAGE_SECONDS
 from worker.settings import Settings
 from worker.storage import Storage
 from worker.webhooks.delivery import (
@@ -101,6 +101,7 @@ def attempt_delivery(
     delivery.state = "pending" if attempt.outcome == "retry" else attempt.outcome
     storage.put_bytes(target.record_uri, delivery.model_dump_json(indent=1).encode(), JSON)
     CALLBACK_ATTEMPTS.labels(attempt.outcome).inc()
+    STAGE_SECONDS.labels("callback").observe(attempt.duration_ms / 1000)
     log.info(
         "callback_attempt",
         attempt=attempt.attempt,

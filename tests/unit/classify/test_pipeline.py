@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 from collections.abc import Iterator
@@ -13,9 +14,12 @@ from PIL import Image
 
 from contracts import ErrorCode, ImageResult, ModelRef
 from tests.support.memory_store import MemoryStore
-from tests.support.tiny_model import TINY_LABELS, tiny_model
+from tests.support.provenance_files import c2pa_signed, make_identity
+from tests.support.tiny_model import TINY_LABELS, tiny_domain_model, tiny_model
+from tests.support.toy_images import bright_and_dark, png_bytes
 from worker.classify.inputs import InputItem
 from worker.classify.pipeline import PipelineConfig, classify_items
+from worker.classify.verdict import DomainPolicy
 from worker.errors import ImageFailure, ModelError
 from worker.imaging import ImageLimits
 from worker.inference.engine import InferenceEngine
@@ -221,3 +225,77 @@ def test_in_memory_images_are_read_ahead_by_bytes_too(engine: InferenceEngine) -
     assert pulled == 60
     # 5,000 bytes hold five of these; a chunk may overshoot by one item, never the count window
     assert most_ahead <= 2 * 5
+
+
+# --- domain check and provenance ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def domain_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferenceEngine]:
+    """An engine serving the tiny model with a domain check (narrow: auto abstains)."""
+    root = tmp_path_factory.mktemp("domain-registry")
+    registry = ModelRegistry(Storage(MemoryStore), [str(root)])
+    registry.publish(*tiny_domain_model())
+    registry.write_alias("tiny", AliasRecord(version="1"))
+    settings = Settings(device="cpu", model_registry=str(root), max_batch=8, max_wait_ms=1)
+    engine = InferenceEngine.from_settings(settings, Storage(MemoryStore))
+    yield engine
+    engine.close()
+
+
+def test_results_carry_the_domain_check_and_abstain_outside_it(
+    domain_engine: InferenceEngine,
+) -> None:
+    familiar, _ = bright_and_dark(2, size=8, seed=4)
+    items = [
+        item("small.png", png_bytes(familiar[0])),
+        item("photo.png", encode("PNG", seed=3, size=(400, 300))),
+    ]
+    small, photo = list(classify_items(items, domain_engine, TINY, LIMITS, CONFIG))
+    assert small.domain is not None
+    assert small.domain.in_domain is True
+    assert small.label in TINY_LABELS
+    assert small.decided_by == "model"
+    assert photo.domain is not None
+    assert photo.domain.in_domain is False
+    assert photo.domain.reason == "input 400x300 is far outside the training sizes 8x8"
+    assert photo.label is None
+    assert code_of(photo) == ErrorCode.OUT_OF_DOMAIN
+    assert photo.scores is not None
+
+
+def test_the_flag_policy_keeps_the_label(domain_engine: InferenceEngine) -> None:
+    config = dataclasses.replace(CONFIG, policy=DomainPolicy("flag"))
+    items = [item("photo.png", encode("PNG", seed=3, size=(400, 300)))]
+    (photo,) = classify_items(items, domain_engine, TINY, LIMITS, config)
+    assert photo.label in TINY_LABELS
+    assert photo.domain is not None
+    assert photo.domain.in_domain is False
+
+
+def test_a_model_without_a_domain_check_says_unknown(engine: InferenceEngine) -> None:
+    (result,) = classify(engine, [item("a.png", PNG)])
+    assert result.domain is not None
+    assert result.domain.in_domain is None
+    assert result.domain.reason is not None
+
+
+def test_a_validated_c2pa_claim_labels_the_image(
+    domain_engine: InferenceEngine, tmp_path: Path
+) -> None:
+    identity = make_identity("pipeline test")
+    anchors = identity.write_anchor(tmp_path)
+    signed = c2pa_signed(encode("JPEG", seed=5, size=(400, 300)), identity)
+    trusting = dataclasses.replace(CONFIG, trust_anchors=anchors)
+    (decided,) = classify_items([item("gen.jpg", signed)], domain_engine, TINY, LIMITS, trusting)
+    assert decided.label == "synthetic"
+    assert decided.decided_by == "provenance"
+    assert decided.provenance is not None
+    assert decided.provenance.validated is True
+    (reported,) = classify_items([item("gen.jpg", signed)], domain_engine, TINY, LIMITS, CONFIG)
+    assert reported.provenance is not None
+    assert reported.provenance.validated is False
+    assert reported.label is None  # out of domain, abstained: the claim is only reported
+    off = dataclasses.replace(CONFIG, provenance=False)
+    (plain,) = classify_items([item("gen.jpg", signed)], domain_engine, TINY, LIMITS, off)
+    assert plain.provenance is None

@@ -265,6 +265,9 @@ PUBLIC_NAMES = {
     "Counts",
     "Timings",
     "ModelId",
+    "DomainCheck",
+    "Provenance",
+    "ProvenanceSource",
     # model card
     "ModelCard",
     "Preprocessing",
@@ -272,6 +275,8 @@ PUBLIC_NAMES = {
     "TrainingInfo",
     "DataSummary",
     "EvaluationMetrics",
+    "DomainSummary",
+    "FeatureSummary",
     # helpers
     "describe_validation_error",
 }

@@ -370,9 +370,22 @@ def test_run_retrain_publishes_a_calibrated_version_and_gates_it(
     assert hyper["winner"] == tiny_search[0].describe()
     assert [t["epochs"] for t in hyper["trials"]] == [5.0]
 
+    domain = card.domain  # the retrained model's own training domain
+    assert domain is not None
+    assert domain.features is not None
+    assert domain.input_sizes == {"32x32": 48}
+    assert domain.formats == {"PNG": 48}
+    assert domain.narrow is True
+    assert domain.features.fitted_on == 48
+    assert domain.features.heldout == 12
+    assert domain.features.coverage >= 0.99
+
     loaded = load_model(card, model_bytes, CPU)
     images, labels = bright_and_dark(20, size=32, seed=9)
     assert (loaded.predict_proba(images).argmax(1) == labels).mean() >= 0.9
+    scores = loaded.score(images).domain_scores
+    assert scores is not None
+    assert (scores <= domain.features.threshold).mean() >= 0.9
     assert registry.resolve(ModelRef(name="toy")) == summary.model
     assert any(m.startswith("published toy@1") for m in messages)
 

@@ -13,12 +13,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from contracts import ErrorCode, ImageError, ImageResult, ModelId
+from contracts import DomainCheck, ErrorCode, ImageError, ImageResult, ModelId
 from tests.support.memory_store import MemoryStore
 from worker.cli.main import main
 from worker.review.metrics import area_under_curve, confusion_matrix, roc_curve
 from worker.review.report import render_report
 from worker.review.views import (
+    DomainFilter,
     ReviewInputError,
     ReviewQuery,
     load_labels,
@@ -318,3 +319,38 @@ def test_review_command_prints_rows_and_writes_html(results_file: Path, tmp_path
     assert report.read_text().startswith("<!DOCTYPE html>")
     refused = CliRunner().invoke(main, ["review", str(results_file), "--errors", "--agree"])
     assert refused.exit_code == 2
+
+
+def with_domain(result: ImageResult, in_domain: bool | None) -> ImageResult:
+    check = DomainCheck(in_domain=in_domain, score=1.0, threshold=2.0, reason="why")
+    return result.model_copy(update={"domain": check})
+
+
+DOMAIN_RESULTS = [
+    with_domain(labelled("in.jpg", "real", 0.9, "real"), True),
+    with_domain(labelled("flagged.jpg", "synthetic", 0.8), False),
+    with_domain(failed("abstained.jpg", ErrorCode.OUT_OF_DOMAIN), False),
+    labelled("old.jpg", "real", 0.7),  # written before the domain check
+]
+
+
+@pytest.mark.parametrize(
+    ("domain", "rows", "errors"),
+    [
+        ("in", ["in.jpg"], []),
+        ("out", ["flagged.jpg"], ["abstained.jpg"]),
+        ("unknown", ["old.jpg"], []),
+    ],
+)
+def test_review_filters_by_the_domain_check(
+    tmp_path: Path, storage: Storage, domain: DomainFilter, rows: list[str], errors: list[str]
+) -> None:
+    path = write_jsonl(tmp_path / "results.jsonl", DOMAIN_RESULTS)
+    review = select(load_results([str(path)], storage), ReviewQuery(domain=domain))
+    assert uris(review.rows) == rows
+    assert uris(review.errors) == errors
+    outcome = CliRunner().invoke(main, ["review", str(path), "--domain", domain])
+    assert outcome.exit_code == 0, outcome.output
+    for uri in rows + errors:
+        assert uri in outcome.stdout
+    assert f"--domain {domain}" in outcome.stderr

@@ -13,14 +13,14 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from contracts import DataSummary, Preprocessing
 from worker.classify.inputs import InputItem
 from worker.errors import ImageFailure
-from worker.imaging import ImageLimits, load_image_array
+from worker.imaging import ImageLimits, PreparedImage, SourceInfo, load_image
 from worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -28,12 +28,14 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """uint8 images (N, H, W, 3), integer labels (N,), label names, and their URIs."""
+    """uint8 images (N, H, W, 3), integer labels (N,), label names, their URIs, and
+    (when loaded from files) each source's size and format, the model's input domain."""
 
     images: np.ndarray
     labels: np.ndarray
     label_names: list[str]
     uris: list[str]
+    sources: list[SourceInfo] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,6 +46,7 @@ class LabelledImages:
             self.labels[indices],
             self.label_names,
             [self.uris[i] for i in indices],
+            [self.sources[i] for i in indices] if self.sources else [],
         )
 
     def counts(self) -> dict[str, int]:
@@ -77,25 +80,27 @@ def load_labelled_images(
     aliases = dict(label_aliases or {})
     unreadable: list[tuple[str, str]] = []
 
-    def decode(item: InputItem) -> tuple[str, str | None, np.ndarray | None, str | None]:
+    def decode(item: InputItem) -> tuple[str, str | None, PreparedImage | None, str | None]:
         if item.true_label is None:
             return item.uri, None, None, "no label"
         try:
-            return item.uri, item.true_label, load_image_array(item.load(), limits, spec), None
+            return item.uri, item.true_label, load_image(item.load(), limits, spec), None
         except ImageFailure as failure:
             return item.uri, item.true_label, None, f"{failure.code.value}: {failure.message}"
 
     uris: list[str] = []
     raw_labels: list[str] = []
     arrays: list[np.ndarray] = []
+    sources: list[SourceInfo] = []
     with ThreadPoolExecutor(threads) as pool:
-        for uri, label, pixels, problem in pool.map(decode, items):
-            if pixels is None or label is None:
+        for uri, label, prepared, problem in pool.map(decode, items):
+            if prepared is None or label is None:
                 unreadable.append((uri, problem or "unreadable"))
                 continue
             uris.append(uri)
             raw_labels.append(aliases.get(label, label))
-            arrays.append(pixels)
+            arrays.append(prepared.pixels)
+            sources.append(prepared.source)
     if unreadable:
         log.warning("training_images_skipped", count=len(unreadable), first=unreadable[:3])
     names = sorted(set(raw_labels))
@@ -103,7 +108,7 @@ def load_labelled_images(
     h, w = spec.input_size
     images = np.stack(arrays) if arrays else np.zeros((0, h, w, 3), dtype=np.uint8)
     labels = np.array([index[name] for name in raw_labels], dtype=np.int64)
-    return LabelledImages(images, labels, names, uris), LoadReport(unreadable)
+    return LabelledImages(images, labels, names, uris, sources), LoadReport(unreadable)
 
 
 def data_summary(data: LabelledImages, source: str, report: LoadReport) -> DataSummary:

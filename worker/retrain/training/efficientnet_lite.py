@@ -144,6 +144,42 @@ class EfficientNetLite0(nn.Module):
         logits: torch.Tensor = self.head(self.dropout(self.pool(x).flatten(1)))
         return logits
 
+    def forward_taps(
+        self, x: torch.Tensor, taps: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits, and the global average of the output of each block in ``taps``
+        (-1: the pooled features the classifier sees), in ``taps`` order.
+
+        What the domain check measures (``worker.retrain.training.domain``): early
+        blocks see how an image was made and processed, the last what it shows.
+        """
+        x = self.act(self._bn0(self._conv_stem(x)))
+        found: dict[int, torch.Tensor] = {}
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in taps:
+                found[i] = x.mean((2, 3))
+        if self.full:
+            x = self.act(self._bn1(self._conv_head(x)))
+        if self.neck is not None:
+            x = self.neck(x)
+        features = self.pool(x).flatten(1)
+        found[-1] = features
+        logits: torch.Tensor = self.head(self.dropout(features))
+        return logits, [found[t] for t in taps]
+
+    def default_taps(self) -> tuple[int, ...]:
+        """Where the domain check looks: the last blocks of the 40- and 80-channel stages
+        (8x8 and 4x4 maps at 32 px), which separated unfamiliar images best (see
+        ``worker.retrain.training.domain``); the pooled features in a shorter network."""
+        channels = [int(block._bn2.num_features) for block in self._blocks]  # type: ignore[union-attr,arg-type]
+        ends = [
+            i
+            for i, c in enumerate(channels)
+            if c in (40, 80) and (i + 1 == len(channels) or channels[i + 1] != c)
+        ]
+        return tuple(ends) or (-1,)
+
     def split_modules(self, blocks: int) -> tuple[nn.Module, nn.Module]:
         """(prefix, rest) as module lists sharing this network's layers."""
         prefix = nn.ModuleList([self._conv_stem, self._bn0, *self._blocks[:blocks]])

@@ -15,7 +15,14 @@ from datetime import UTC, datetime
 import torch
 from torch import nn
 
-from contracts import Calibration, EvaluationMetrics, ModelCard, Preprocessing, TrainingInfo
+from contracts import (
+    Calibration,
+    DomainSummary,
+    EvaluationMetrics,
+    ModelCard,
+    Preprocessing,
+    TrainingInfo,
+)
 from worker.errors import ModelError
 from worker.inference.model import sha256_hex
 from worker.retrain.training.nets import count_parameters
@@ -36,12 +43,19 @@ def export_torchscript(net: nn.Module, input_size: tuple[int, int]) -> bytes:
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(net, example, check_trace=False)
         frozen = torch.jit.freeze(traced)
-        expected, got = net(probe), frozen(probe)
-    if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4):
+        expected, got = _outputs(net(probe)), _outputs(frozen(probe))
+    if len(got) != len(expected) or not all(
+        torch.allclose(g, e, rtol=1e-3, atol=1e-4) for g, e in zip(got, expected, strict=False)
+    ):
         raise ModelError("the exported TorchScript module does not reproduce the network")
     buffer = io.BytesIO()
     torch.jit.save(frozen, buffer)
     return buffer.getvalue()
+
+
+def _outputs(output: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """A module's output as a tuple: logits alone, or (logits, domain score)."""
+    return (output,) if isinstance(output, torch.Tensor) else tuple(output)
 
 
 def build_card(
@@ -56,6 +70,7 @@ def build_card(
     calibration: Calibration,
     training: TrainingInfo | None,
     metrics: dict[str, EvaluationMetrics],
+    domain: DomainSummary | None = None,
 ) -> ModelCard:
     """The card that describes ``model_bytes`` (sha256 and size computed here)."""
     return ModelCard(
@@ -71,4 +86,5 @@ def build_card(
         calibration=calibration,
         training=training,
         metrics=metrics,
+        domain=domain,
     )

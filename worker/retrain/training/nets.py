@@ -79,6 +79,31 @@ class SynthNet(nn.Module):
         logits: torch.Tensor = self.head(self.dropout(x))
         return logits
 
+    def forward_taps(
+        self, x: torch.Tensor, taps: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits, and the global average of the output of each layer in ``taps`` (-1: the
+        pooled features the classifier sees); see ``EfficientNetLite0.forward_taps``."""
+        found: dict[int, torch.Tensor] = {}
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in taps:
+                found[i] = x.mean((2, 3))
+        features = self.pool(x).flatten(1)
+        found[-1] = features
+        logits: torch.Tensor = self.head(self.dropout(features))
+        return logits, [found[t] for t in taps]
+
+    def default_taps(self) -> tuple[int, ...]:
+        """The middle stages' last layers (before a downsampling convolution) and the
+        pooled features: mid-level features separate unfamiliar images best."""
+        ends = [
+            i - 1
+            for i, layer in enumerate(self.features)
+            if i > 0 and not isinstance(layer, ResidualBlock)
+        ]
+        return (*ends[1:], -1)
+
 
 def count_parameters(module: nn.Module) -> int:
     """Trainable and frozen parameters together."""
