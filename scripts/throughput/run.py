@@ -558,10 +558,10 @@ def _naive(
         report.figure("naive", count / elapsed, "images/s", f"{count:,} images in {elapsed:.1f} s")
     finally:
         process.stop()
-        from kombu import Connection
+        from kombu import Connection, Queue
 
         with Connection(settings.broker_url) as connection, connection.channel() as channel:
-            channel.queue_delete(queue)
+            Queue(queue).bind(channel).delete()
 
 
 def _start_naive(command: list[str], env: dict[str, str], log_path: Path) -> WorkerProcess:

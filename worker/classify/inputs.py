@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from contracts import ErrorCode, ManifestInput, PrefixInput, ShardItem, TarInput, UriListInput
 from contracts.jobs import JobInputs
-from worker.classify.tarstream import read_members
+from worker.classify.tarstream import Readable, read_members
 from worker.errors import (
     AccessDenied,
     ImageFailure,
@@ -383,7 +383,7 @@ def tar_member_offsets(stream: BinaryIO) -> Iterator[tuple[str, int, int]]:
             yield member.name, member.offset, member.end
 
 
-def _read_member(data: BinaryIO, size: int, uri: str, max_bytes: int) -> Callable[[], bytes]:
+def _read_member(data: Readable, size: int, uri: str, max_bytes: int) -> Callable[[], bytes]:
     if size > max_bytes:
         too_large = ObjectTooLarge(uri, size, max_bytes)
         return partial(_fail, ErrorCode.TOO_LARGE, str(too_large))

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -76,13 +76,13 @@ class PipelineConfig:
     decode_threads: int
     window: int
     """Images in flight at most (read ahead of the one the caller waits for)."""
+    policy: DomainPolicy = field(default_factory=DomainPolicy)
+    provenance: bool = True
+    trust_anchors: Path | None = None
     urgent: bool = False
     chunk: int = DECODE_CHUNK
     window_bytes: int = WINDOW_BYTES
     """Bytes of in-memory images (tar members) in flight at most, however large they are."""
-    policy: DomainPolicy = field(default_factory=DomainPolicy)
-    provenance: bool = True
-    trust_anchors: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, urgent: bool = False) -> PipelineConfig:
@@ -129,7 +129,7 @@ def classify_items(
     """Yield one ``ImageResult`` per input item, in input order."""
     decode_slots = threading.BoundedSemaphore(config.decode_threads)
     reader = provenance_reader(config.trust_anchors) if config.provenance else None
-    pause = (lambda: None) if config.urgent else PRIORITY.yield_to_interactive
+    pause: Callable[[], None] = _go_on if config.urgent else PRIORITY.yield_to_interactive
 
     def stage(data: bytes) -> _Staged:
         loaded = engine.model_for(model)
@@ -209,6 +209,10 @@ def classify_items(
             staged.cancel()
         fetchers.shutdown(wait=False, cancel_futures=True)
         decoders.shutdown(wait=False, cancel_futures=True)
+
+
+def _go_on() -> None:
+    """What an interactive pipeline does between images: nothing (it never yields)."""
 
 
 def _result_for(item: InputItem, staged: _Outcome, policy: DomainPolicy) -> ImageResult:

@@ -16,7 +16,7 @@ import struct
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, cast
 
 BLOCK = 512
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
@@ -28,6 +28,12 @@ _EMPTY = (tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, ta
           tarfile.FIFOTYPE)  # fmt: skip
 """Member types whose data ``tarfile`` takes as empty, whatever the size field says."""
 _SIGNED = struct.Struct("148b8x356b")
+
+
+class Readable(Protocol):
+    """What a member's data reader offers: ``read``, up to the member's end."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class Member:
     """Just past its data and padding: where the next header starts."""
 
 
-def read_members(stream: BinaryIO, compressed: bool = True) -> Iterator[tuple[Member, BinaryIO]]:
+def read_members(stream: BinaryIO, compressed: bool = True) -> Iterator[tuple[Member, Readable]]:
     """(member, data reader) pairs in archive order; read a member's data before the next.
 
     The data reader returns at most ``size`` bytes; data left unread is skipped.
@@ -55,12 +61,12 @@ def read_members(stream: BinaryIO, compressed: bool = True) -> Iterator[tuple[Me
     if head.startswith(_COMPRESSED) and not compressed:
         raise tarfile.ReadError("a compressed archive, where an uncompressed one is needed")
     if head.startswith(_COMPRESSED) or not _looks_like_tar(head):
-        yield from _with_tarfile(_Prefixed(head, stream), 0)
+        yield from _with_tarfile(cast(BinaryIO, _Prefixed(head, stream)), 0)
         return
     yield from _fast(head, stream)
 
 
-def _fast(first: bytes, stream: BinaryIO) -> Iterator[tuple[Member, BinaryIO]]:
+def _fast(first: bytes, stream: BinaryIO) -> Iterator[tuple[Member, Readable]]:
     header: bytes | None = first
     count = 0
     position = 0  # of the next header
@@ -91,7 +97,7 @@ def _fast(first: bytes, stream: BinaryIO) -> Iterator[tuple[Member, BinaryIO]]:
                 raise tarfile.ReadError("missing or bad header after an extended header")
         kind = header[156:157]
         if kind not in _HANDLED:
-            yield from _with_tarfile(_Prefixed(header, stream), position)
+            yield from _with_tarfile(cast(BinaryIO, _Prefixed(header, stream)), position)
             return
         position += BLOCK
         name, size, regular = _member(header, kind, long_name, pax)
@@ -125,7 +131,7 @@ def _member(
     return name, size, kind in _REGULAR
 
 
-def _with_tarfile(stream: BinaryIO, base: int) -> Iterator[tuple[Member, BinaryIO]]:
+def _with_tarfile(stream: BinaryIO, base: int) -> Iterator[tuple[Member, Readable]]:
     with tarfile.open(fileobj=stream, mode="r|*") as archive:
         while (info := archive.next()) is not None:
             archive.members.clear()  # type: ignore[attr-defined]  # stream mode keeps them all

@@ -16,7 +16,8 @@ import numpy as np
 from contracts import ModelRef
 from worker.inference.batcher import BatchEvent, BatchStats, DynamicBatcher
 from worker.inference.device import ExecutionPlan, select_device
-from worker.inference.model import LoadedModel, Prediction
+from worker.inference.model import LoadedModel
+from worker.inference.prediction import Prediction
 from worker.inference.provider import ModelProvider
 from worker.inference.registry import ModelRegistry
 from worker.settings import Settings

@@ -35,7 +35,7 @@ class PinnedStaging:
         """Run the block's CUDA work on this thread's own stream."""
         stream = getattr(self._local, "stream", None)
         if stream is None:
-            stream = torch.cuda.Stream(self.device)
+            stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
             self._local.stream = stream
         with torch.cuda.stream(stream):
             yield

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery.concurrency.base import apply_target
-from celery.concurrency.thread import ApplyResult
+from celery.concurrency.thread import ApplyResult  # type: ignore[attr-defined]  # no stub
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
 
 from worker.queue.topology import QueueNames
@@ -59,7 +59,8 @@ class LanePool(ThreadTaskPool):
         **_: Any,
     ) -> ApplyResult:
         bulk = delivered_from(args) == self.bulk_queue
-        executor = self.bulk_executor if bulk else self.executor
+        main: ThreadPoolExecutor = self.executor  # type: ignore[attr-defined]  # not in the stubs
+        executor = self.bulk_executor if bulk else main
         future = executor.submit(apply_target, target, args, kwargs, callback, accept_callback)
         return ApplyResult(future)
 
