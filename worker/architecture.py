@@ -30,7 +30,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         ),
         "every knob, error hierarchy, structured logs, metrics, shutdown state, health endpoints",
     ),
-    ("storage", ("worker.storage",), "S3 and local folders behind one interface"),
+    (
+        "storage",
+        ("worker.storage", "worker.objectreader"),
+        "S3 and local folders behind one interface; fast S3 GETs",
+    ),
     (
         "imaging",
         ("worker.imaging", "worker.provenance"),

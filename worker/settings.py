@@ -42,7 +42,18 @@ class Settings(BaseSettings):
         default="auto", description="Where models run; auto = CUDA when available, else CPU."
     )
     torch_threads: int = Field(
-        default=0, ge=0, description="CPU threads for torch ops; 0 = one per core."
+        default=0,
+        ge=0,
+        description="CPU threads for torch ops; 0 = cores / inference threads (at least 1).",
+    )
+    inference_threads: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description=(
+            "Batches run at once; 0 = one per core on a CPU (each with one torch thread), "
+            "2 on a GPU (one batch's copy overlaps the other's compute)."
+        ),
     )
     max_batch: int = Field(
         default=64,
@@ -86,6 +97,16 @@ class Settings(BaseSettings):
         description="Pillow format names that may be decoded; others fail unsupported_format.",
     )
 
+    decode_pixel_budget: int = Field(
+        default=50_000_000,
+        ge=1,
+        description=(
+            "Decoded pixels all decode threads of a process may hold at once; an image "
+            "larger than this decodes alone. Bounds decode memory at about 4-12 bytes per "
+            "pixel, however large the images and however many threads (docs/performance.md)."
+        ),
+    )
+
     # --- models ----------------------------------------------------------------
     model_registry: str = Field(
         default="",
@@ -127,6 +148,13 @@ class Settings(BaseSettings):
     s3_max_pool_connections: int = Field(
         default=64, ge=1, description="HTTP connections boto3 keeps open to S3."
     )
+    s3_get_client: Literal["auto", "obstore", "boto3"] = Field(
+        default="auto",
+        description=(
+            "Client of the image GETs: obstore (Rust, about a fifth of botocore's CPU per "
+            "small object; auto = obstore when installed) or boto3. Everything else uses boto3."
+        ),
+    )
     s3_connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Seconds to wait for a TCP connection to S3."
     )
@@ -158,6 +186,15 @@ class Settings(BaseSettings):
         le=512,
         description=(
             "Tasks a worker process runs at once (threads sharing one model and one batcher)."
+        ),
+    )
+    bulk_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description=(
+            "Bulk shards a worker process runs at once, on threads apart from "
+            "SYNTHDETECT_WORKER_CONCURRENCY, so interactive jobs never wait behind a bulk scan."
         ),
     )
     shard_size: int = Field(

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from types_boto3_s3 import S3Client
 
+    from worker.objectreader import ObjectReader
     from worker.settings import Settings
 
 S3_SCHEME = "s3://"
@@ -120,12 +121,16 @@ class S3Store:
     """``ObjectStore`` over one boto3 S3 client (boto3 clients are thread-safe: share one).
 
     ``page_size`` is the number of keys asked for per ListObjectsV2 request (S3's
-    maximum is 1000).
+    maximum is 1000). ``reader``, when given, serves ``get_bytes`` and ``put_bytes``
+    through obstore (``worker.objectreader``) at a fraction of botocore's CPU.
     """
 
-    def __init__(self, client: S3Client, page_size: int = 1000) -> None:
+    def __init__(
+        self, client: S3Client, page_size: int = 1000, reader: ObjectReader | None = None
+    ) -> None:
         self.client = client
         self.page_size = page_size
+        self.reader = reader
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
@@ -142,17 +147,20 @@ class S3Store:
             s3={"addressing_style": "path"} if settings.s3_endpoint_url else None,
         )
         # A private session: creating clients from the default one is not thread-safe.
-        client = boto3.session.Session().client(
+        session = boto3.session.Session()
+        client = session.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.s3_region,
             config=config,
         )
-        return cls(client)
+        return cls(client, reader=_object_reader(settings, session))
 
     def get_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
         """One GET; its Content-Length is checked against ``max_bytes`` before the body is read."""
         bucket, key = parse_s3_uri(uri)
+        if self.reader is not None and self.reader.addressable(key):
+            return self.reader.get_bytes(bucket, key, uri, max_bytes)
         with _s3_errors("read", uri):
             response = self.client.get_object(Bucket=bucket, Key=key)
             body = response["Body"]
@@ -181,6 +189,9 @@ class S3Store:
     def put_bytes(self, uri: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
         """One PutObject, which replaces any previous object atomically."""
         bucket, key = parse_s3_uri(uri)
+        if self.reader is not None and self.reader.addressable(key):
+            self.reader.put_bytes(bucket, key, uri, data, content_type)
+            return
         with _s3_errors("write", uri):
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
 
@@ -242,6 +253,25 @@ class S3Store:
         bucket, key = parse_s3_uri(uri)
         with _s3_errors("delete", uri):
             self.client.delete_object(Bucket=bucket, Key=key)
+
+
+def _object_reader(settings: Settings, session: boto3.session.Session) -> ObjectReader | None:
+    """obstore's reader when ``s3_get_client`` allows it and obstore is installed."""
+    if settings.s3_get_client == "boto3":
+        return None
+    try:
+        from worker.objectreader import ObjectReader, boto3_credentials
+    except ImportError:
+        if settings.s3_get_client == "obstore":
+            raise
+        return None
+    return ObjectReader(
+        boto3_credentials(session),
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        connect_timeout_s=settings.s3_connect_timeout_s,
+        read_timeout_s=settings.s3_read_timeout_s,
+    )
 
 
 @contextmanager

@@ -9,14 +9,22 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageCms, ImageFile
 
 from contracts import ErrorCode, Preprocessing
+from worker import imaging
 from worker.errors import ImageFailure
-from worker.imaging import ImageLimits, decode_image, load_image_array, preprocess
+from worker.imaging import (
+    ImageLimits,
+    PixelBudget,
+    decode_image,
+    load_image_array,
+    preprocess,
+)
 from worker.settings import Settings
 
 ALL_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
@@ -408,3 +416,42 @@ def test_concurrent_decodes_are_independent() -> None:
         images = list(pool.map(decode, [data for _, data in jobs]))
     for (colour, _), image in zip(jobs, images, strict=True):
         assert_colour(image, colour, tolerance=4)
+
+
+# --- the decoded-pixel budget (issue 11: bounded memory) ---------------------------------------
+
+
+def test_many_huge_images_in_many_threads_never_exceed_the_pixel_budget() -> None:
+    side = 1500  # 2.25 M pixels a PNG: a budget of 5 M lets two decode at once, never three
+    png = encode(Image.new("RGB", (side, side), COLOUR), "PNG")
+    jpeg = encode(Image.new("RGB", (side, side), COLOUR), "JPEG")
+    budget = PixelBudget(5_000_000)
+    limits = ImageLimits(LIMITS.max_bytes, LIMITS.max_pixels, ALL_FORMATS, budget)
+    spec = Preprocessing(input_size=(32, 32))
+    with ThreadPoolExecutor(16) as pool:
+        arrays = list(pool.map(lambda data: load_image_array(data, limits, spec), [png, jpeg] * 24))
+    assert all(a.shape == (32, 32, 3) for a in arrays)
+    assert budget.peak <= budget.capacity
+    assert budget.peak >= side * side  # every PNG's full decode was held from the budget
+    assert budget.in_use == 0
+
+
+def test_an_image_larger_than_the_whole_budget_decodes_alone() -> None:
+    budget = PixelBudget(1000)
+    limits = ImageLimits(LIMITS.max_bytes, LIMITS.max_pixels, ALL_FORMATS, budget)
+    data = encode(Image.new("RGB", (100, 100), COLOUR), "PNG")
+    assert load_image_array(data, limits, Preprocessing(input_size=(8, 8))).shape == (8, 8, 3)
+    assert budget.peak == 1000
+    assert budget.in_use == 0
+
+
+def test_the_simplejpeg_path_gives_pillows_pixels() -> None:
+    sample = sorted((Path(__file__).parents[1] / "data" / "cifake-sample").glob("*/*.jpg"))[:20]
+    spec = Preprocessing(input_size=(32, 32))
+    for path in sample:
+        data = path.read_bytes()
+        fast = load_image_array(data, LIMITS, spec)
+        with imaging._decoded(data, LIMITS, spec.input_size) as (image, source):
+            slow = imaging.preprocess(image, spec)
+        assert imaging.load_image(data, LIMITS, spec).source == source
+        assert np.array_equal(fast, slow), path.name

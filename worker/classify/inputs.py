@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from contracts import ErrorCode, ManifestInput, PrefixInput, ShardItem, TarInput, UriListInput
 from contracts.jobs import JobInputs
+from worker.classify.tarstream import Readable, read_members
 from worker.errors import (
     AccessDenied,
     ImageFailure,
@@ -45,8 +46,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 """Paths given to ``expand_paths`` with these endings are read as archives of images."""
 
-_TAR_BLOCK = 512
-
 _MAX_MANIFEST_LINE = 64 * 1024
 """Longer manifest lines are rejected: a row is a URI and a label, and reading a line
 with no end in sight would hold an unbounded amount of memory."""
@@ -59,11 +58,16 @@ class InputItem:
     ``uri`` is an ``s3://`` address, a local path, or ``<tar address>#<member name>``.
     ``load()`` returns the image's bytes or raises ``ImageFailure`` with code
     ``not_found``, ``forbidden``, ``too_large``, ``empty_file`` or ``fetch_failed``.
+    ``in_memory`` says ``load`` only hands over bytes already read (tar members), so
+    the pipeline decodes such items in chunks instead of giving each a fetch thread;
+    ``size`` is then their byte count (0 when unknown).
     """
 
     uri: str
     load: Callable[[], bytes]
     true_label: str | None = None
+    in_memory: bool = False
+    size: int = 0
 
 
 def object_item(
@@ -353,14 +357,16 @@ def iter_tar_items(
     member types (folders, links) yield nothing. The stream may also be a slice
     of a tar that starts and ends on member-header boundaries (a ``TarSlice``).
     Compressed tars (gzip, bzip2, xz) are read too. Raises ``JobRejected`` when
-    the bytes are not a tar archive or end inside a member.
+    the bytes are not a tar archive or end inside a member. Headers are parsed by
+    ``worker.classify.tarstream`` (``tarfile``'s rules, a fraction of its cost).
     """
-    with _tar_errors(base_uri), tarfile.open(fileobj=stream, mode="r|*") as archive:
-        for member in _members(archive):
-            if member.isreg():
+    with _tar_errors(base_uri):
+        for member, data in read_members(stream):
+            if member.regular:
                 uri = f"{base_uri}#{member.name}"
                 label = _member_label(member.name) if labels_from_folders else None
-                yield InputItem(uri, _read_member(archive, member, uri, max_bytes), label)
+                load = _read_member(data, member.size, uri, max_bytes)
+                yield InputItem(uri, load, label, in_memory=True, size=member.size)
 
 
 def tar_member_offsets(stream: BinaryIO) -> Iterator[tuple[str, int, int]]:
@@ -372,31 +378,19 @@ def tar_member_offsets(stream: BinaryIO) -> Iterator[tuple[str, int, int]]:
     offset of member i up to the end offset of member j (i <= j) are a valid
     ``TarSlice`` for ``iter_tar_items``. Data is skipped over, never held.
     """
-    with _tar_errors("the tar stream"), tarfile.open(fileobj=stream, mode="r|") as archive:
-        for member in _members(archive):
-            yield member.name, member.offset, member.offset_data + _padded(member.size)
+    with _tar_errors("the tar stream"):
+        for member, _ in read_members(stream, compressed=False):
+            yield member.name, member.offset, member.end
 
 
-def _members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    while (member := archive.next()) is not None:
-        # In stream mode tarfile keeps every header it has read; drop them as we go.
-        # ``members`` is that list: undocumented, so typeshed leaves it out.
-        archive.members.clear()  # type: ignore[attr-defined]
-        yield member
-
-
-def _read_member(
-    archive: tarfile.TarFile, member: tarfile.TarInfo, uri: str, max_bytes: int
-) -> Callable[[], bytes]:
-    if member.size > max_bytes:
-        too_large = ObjectTooLarge(uri, member.size, max_bytes)
+def _read_member(data: Readable, size: int, uri: str, max_bytes: int) -> Callable[[], bytes]:
+    if size > max_bytes:
+        too_large = ObjectTooLarge(uri, size, max_bytes)
         return partial(_fail, ErrorCode.TOO_LARGE, str(too_large))
-    if member.size == 0:
+    if size == 0:
         return partial(_fail, ErrorCode.EMPTY_FILE, f"{uri} has zero bytes")
-    reader = archive.extractfile(member)
-    assert reader is not None, "tarfile has a reader for every regular member"
-    data = reader.read()
-    return lambda: data
+    content = data.read()
+    return lambda: content
 
 
 def _fail(code: ErrorCode, message: str) -> bytes:
@@ -405,10 +399,6 @@ def _fail(code: ErrorCode, message: str) -> bytes:
 
 def _member_label(name: str) -> str | None:
     return PurePosixPath(name).parent.name.lower() or None
-
-
-def _padded(size: int) -> int:
-    return -(-size // _TAR_BLOCK) * _TAR_BLOCK
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from contracts import (
 )
 from worker.imaging import SourceInfo
 from worker.inference.domain import judge_domain
-from worker.inference.model import Prediction
+from worker.inference.prediction import Prediction
 from worker.settings import Settings
 
 SYNTHETIC = "synthetic"

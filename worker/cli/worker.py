@@ -47,8 +47,7 @@ def worker(queue_names: str | None, concurrency: int | None, celery_args: tuple[
     if concurrency is None:
         concurrency = 1 if queue_names == names.retrain else settings.worker_concurrency
     argv = [
-        "worker",
-        "--pool=threads",
+        "worker",  # --pool left out: the app's worker_pool (threads, with a bulk lane) applies
         f"--concurrency={concurrency}",
         f"--queues={queue_names or ','.join((names.classify, names.bulk, names.callbacks))}",
         f"--loglevel={settings.log_level}",

@@ -9,11 +9,24 @@ many small jobs share one batch (cross-job batching, as Triton does).
 The queue in front of the batcher is bounded: when the model falls behind,
 ``submit`` blocks, and that backpressure travels up the pipeline to the fetchers
 instead of growing memory.
+
+Two lanes: items submitted with ``urgent=True`` (interactive jobs) are taken
+before any waiting bulk item, so a one-image job never queues behind the
+thousands of images a bulk scan keeps in flight; a batch that has room takes
+bulk items after the urgent ones, and a batch led by an urgent item waits at
+most ``URGENT_WAIT_S`` for company instead of ``max_wait_ms``.
+
+``runners`` threads form and run batches at once (on a CPU, one per core with
+one torch thread each beats one caller with several intra-op threads, which spin
+at every barrier while other threads of the process decode). ``urgent_runners``
+more serve the urgent lane alone: with every other runner busy on a bulk batch
+(tens of ms at 64 images), an interactive image still starts at once. Before a
+batch of bulk items, ordinary runners call ``yield_bulk`` (the worker passes its
+interactive-first gate), so interactive jobs get the cores while they run.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
@@ -28,6 +41,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 log = get_logger(__name__)
+
+URGENT_WAIT_S = 0.001
+"""The longest a batch led by an urgent item waits for more items (max_wait_ms otherwise)."""
 
 
 class BatcherClosed(RuntimeError):
@@ -83,44 +99,80 @@ class DynamicBatcher(Generic[T, R]):
         max_queue: int = 4096,
         on_batch: Callable[[BatchEvent], None] | None = None,
         name: str = "batcher",
+        runners: int = 1,
+        urgent_runners: int = 0,
+        yield_bulk: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if runners < 1:
+            raise ValueError("runners must be >= 1")
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000.0
+        self._max_queue = max_queue
         self._on_batch = on_batch
-        # None is the stop marker ``close`` puts behind the last item.
-        self._queue: queue.Queue[_Entry[T, R] | None] = queue.Queue(max_queue)
-        self._closed = threading.Event()
-        self._submit_lock = threading.Lock()
+        self._yield_bulk = yield_bulk
+        self._urgent: deque[_Entry[T, R]] = deque()
+        self._bulk: deque[_Entry[T, R]] = deque()
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._urgent_arrived = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
+        self._closed = False
         self.stats = BatchStats()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(False,), name=f"{name}-{i}", daemon=True)
+            for i in range(runners)
+        ] + [
+            threading.Thread(
+                target=self._loop, args=(True,), name=f"{name}-urgent-{i}", daemon=True
+            )
+            for i in range(urgent_runners)
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def submit(self, item: T) -> Future[R]:
-        """Queue one item; blocks while the queue is full. The future resolves to its result."""
+    def submit(self, item: T, urgent: bool = False) -> Future[R]:
+        """Queue one item; blocks while the queue is full. The future resolves to its result.
+
+        ``urgent`` items go ahead of every waiting non-urgent one, and are never
+        blocked by a queue full of them.
+        """
         future: Future[R] = Future()
-        # Checking and enqueueing under one lock guarantees nothing lands behind STOP.
-        with self._submit_lock:
-            if self._closed.is_set():
+        with self._lock:
+            while not urgent and len(self._bulk) >= self._max_queue and not self._closed:
+                self._room.wait()
+            if self._closed:
                 raise BatcherClosed("the batcher is closed")
-            self._queue.put((item, future, time.monotonic()))
+            (self._urgent if urgent else self._bulk).append((item, future, time.monotonic()))
+            self._arrived.notify()
+            if urgent:
+                self._urgent_arrived.notify()
         return future
 
     @property
+    def queued(self) -> int:
+        """Items waiting for a batch (both lanes)."""
+        with self._lock:
+            return len(self._urgent) + len(self._bulk)
+
+    @property
     def alive(self) -> bool:
-        """Whether the batching thread runs (False after ``close`` or if it died)."""
-        return self._thread.is_alive()
+        """Whether every batch runner thread runs (False after ``close`` or if one died)."""
+        return all(thread.is_alive() for thread in self._threads)
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop accepting items, finish everything already queued, stop the thread."""
-        with self._submit_lock:
-            if self._closed.is_set():
+        """Stop accepting items, finish everything already queued, stop the threads."""
+        with self._lock:
+            if self._closed:
                 return
-            self._closed.set()
-        self._queue.put(None)
-        self._thread.join(timeout)
+            self._closed = True
+            self._arrived.notify_all()
+            self._urgent_arrived.notify_all()
+            self._room.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
 
     def __enter__(self) -> DynamicBatcher[T, R]:
         return self
@@ -128,48 +180,63 @@ class DynamicBatcher(Generic[T, R]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _loop(self) -> None:
+    def _loop(self, urgent_only: bool) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
+            if not urgent_only and self._yield_bulk is not None and not self._urgent:
+                self._yield_bulk()  # before a bulk batch: lets interactive work have the cores
+            batch = self._next_urgent_batch() if urgent_only else self._next_batch()
+            if batch is None:
                 return
-            batch = [first]
-            deadline = first[2] + self._max_wait_s
-            stop_after = self._fill(batch, deadline)
             self._run(batch)
-            if stop_after:
-                return
 
-    def _fill(self, batch: list[_Entry[T, R]], deadline: float) -> bool:
-        """Add items until the batch is full or the deadline passes; True if STOP was seen."""
-        while len(batch) < self._max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                item = (
-                    self._queue.get_nowait()
-                    if remaining <= 0
-                    else self._queue.get(timeout=remaining)
-                )
-            except queue.Empty:
-                return False
-            if item is None:
-                # Drain what is still queued before stopping: close() promises to finish it.
-                self._drain_rest(batch)
-                return True
-            batch.append(item)
-        return False
+    def _next_urgent_batch(self) -> list[_Entry[T, R]] | None:
+        """For urgent runners: urgent items only, so one is free whenever the others are
+        busy with bulk batches; None once closed."""
+        with self._lock:
+            while not self._urgent:
+                if self._closed:
+                    return None
+                self._urgent_arrived.wait()
+            batch = [self._urgent.popleft()]
+            deadline = batch[0][2] + min(self._max_wait_s, URGENT_WAIT_S)
+            while len(batch) < self._max_batch:
+                if self._urgent:
+                    batch.append(self._urgent.popleft())
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    break
+                self._urgent_arrived.wait(remaining)
+            return batch
 
-    def _drain_rest(self, batch: list[_Entry[T, R]]) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                batch.append(item)
-                if len(batch) >= self._max_batch:
-                    self._run(batch)
-                    batch.clear()
+    def _next_batch(self) -> list[_Entry[T, R]] | None:
+        """Wait for an item, then fill the batch until it is full or its oldest item waited
+        ``max_wait``; None once closed with nothing left (everything queued is run first)."""
+        with self._lock:
+            while not self._urgent and not self._bulk:
+                if self._closed:
+                    return None
+                self._arrived.wait()
+            urgent = bool(self._urgent)
+            batch = [self._take()]
+            # An interactive image waits only a moment for company: a one-image job's
+            # latency is the point, and images arriving together still share the batch.
+            wait = min(self._max_wait_s, URGENT_WAIT_S) if urgent else self._max_wait_s
+            deadline = batch[0][2] + wait
+            while len(batch) < self._max_batch:
+                if self._urgent or self._bulk:
+                    batch.append(self._take())
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    break
+                self._arrived.wait(remaining)
+            self._room.notify_all()
+            return batch
+
+    def _take(self) -> _Entry[T, R]:
+        """The oldest urgent item, else the oldest bulk one (caller holds the lock)."""
+        return self._urgent.popleft() if self._urgent else self._bulk.popleft()
 
     def _run(self, batch: list[_Entry[T, R]]) -> None:
         # Items whose caller cancelled the future are skipped; the rest can no longer be
@@ -196,10 +263,11 @@ class DynamicBatcher(Generic[T, R]):
             for (_, future, _), result in zip(batch, results, strict=True):
                 future.set_result(result)
         run_s = time.monotonic() - started
-        self.stats.batches += 1
-        self.stats.items += len(items)
-        self.stats.failed_batches += int(failed)
-        self.stats.recent_sizes.append(len(items))
+        with self._lock:
+            self.stats.batches += 1
+            self.stats.items += len(items)
+            self.stats.failed_batches += int(failed)
+            self.stats.recent_sizes.append(len(items))
         log.debug(
             "batch_run",
             size=len(items),

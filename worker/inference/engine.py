@@ -12,18 +12,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from contracts import ModelRef
 from worker.inference.batcher import BatchEvent, BatchStats, DynamicBatcher
-from worker.inference.device import configure_cpu_threads, select_device
-from worker.inference.model import LoadedModel, Prediction
+from worker.inference.device import ExecutionPlan, select_device
+from worker.inference.model import LoadedModel
+from worker.inference.prediction import Prediction
 from worker.inference.provider import ModelProvider
 from worker.inference.registry import ModelRegistry
 from worker.settings import Settings
 from worker.storage import Storage
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,8 @@ class InferenceEngine:
         max_wait_ms: float,
         max_queue: int,
         on_batch: Callable[[BatchEvent], None] | None = None,
+        runners: int = 1,
+        yield_bulk: Callable[[], None] | None = None,
     ) -> None:
         self.provider = provider
         self._batcher: DynamicBatcher[ScoringRequest, Prediction] = DynamicBatcher(
@@ -68,6 +68,9 @@ class InferenceEngine:
             max_queue=max_queue,
             on_batch=on_batch,
             name="inference-batcher",
+            runners=runners,
+            urgent_runners=1,
+            yield_bulk=yield_bulk,
         )
 
     @classmethod
@@ -76,13 +79,23 @@ class InferenceEngine:
         settings: Settings,
         storage: Storage,
         on_batch: Callable[[BatchEvent], None] | None = None,
+        yield_bulk: Callable[[], None] | None = None,
     ) -> InferenceEngine:
-        """Build the process's engine; CUDA is initialised here, never at import."""
-        configure_cpu_threads(settings.torch_threads)
+        """Build the process's engine; CUDA is initialised here, never at import.
+
+        ``yield_bulk`` is called before each batch of bulk images (see ``DynamicBatcher``).
+        """
+        plan = ExecutionPlan.choose(
+            select_device(settings.device),
+            runners=settings.inference_threads,
+            torch_threads=settings.torch_threads,
+            precision=settings.cuda_precision,
+        )
+        plan.apply()
         provider = ModelProvider(
             ModelRegistry.from_settings(settings, storage),
-            select_device(settings.device),
-            autocast_dtype=_AUTOCAST[settings.cuda_precision],
+            plan.device,
+            autocast_dtype=plan.autocast_dtype,
             alias_ttl_s=settings.alias_poll_s,
         )
         return cls(
@@ -91,6 +104,8 @@ class InferenceEngine:
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.batch_queue_size,
             on_batch=on_batch,
+            runners=plan.runners,
+            yield_bulk=yield_bulk,
         )
 
     @property
@@ -106,9 +121,14 @@ class InferenceEngine:
         """The model the next image for ``ref`` must be preprocessed for and scored by."""
         return self.provider.get(ref)
 
-    def submit(self, pixels: np.ndarray, model: LoadedModel) -> Future[Prediction]:
-        """Queue one preprocessed image; blocks while the batch queue is full."""
-        return self._batcher.submit(ScoringRequest(pixels, model))
+    def submit(
+        self, pixels: np.ndarray, model: LoadedModel, urgent: bool = False
+    ) -> Future[Prediction]:
+        """Queue one preprocessed image; blocks while the batch queue is full.
+
+        ``urgent`` (interactive jobs) goes ahead of every queued bulk image.
+        """
+        return self._batcher.submit(ScoringRequest(pixels, model), urgent)
 
     def close(self) -> None:
         """Finish queued images and stop the batcher thread."""

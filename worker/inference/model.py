@@ -23,18 +23,8 @@ import torch
 
 from contracts import ModelCard, ModelId
 from worker.errors import ChecksumMismatch, ModelError
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's calibrated scores, its domain score, and the model that produced them."""
-
-    label: str
-    confidence: float
-    scores: dict[str, float]
-    model: ModelId
-    domain_score: float | None = None
-    """Distance from the training images' features (None: the model file returns none)."""
+from worker.inference.prediction import Prediction
+from worker.inference.staging import PinnedStaging
 
 
 @dataclass(frozen=True)
@@ -55,12 +45,15 @@ class LoadedModel:
     autocast_dtype: torch.dtype | None = None
     _mean: torch.Tensor = field(init=False, repr=False)
     _inv_std: torch.Tensor = field(init=False, repr=False)
+    _staging: PinnedStaging | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         spec = self.card.preprocessing
         shape = (1, 3, 1, 1)
         self._mean = torch.tensor(spec.mean, device=self.device).view(shape) * 255.0
         self._inv_std = 1.0 / (torch.tensor(spec.std, device=self.device).view(shape) * 255.0)
+        if self.device.type == "cuda":
+            self._staging = PinnedStaging(self.device)
 
     @property
     def id(self) -> ModelId:
@@ -81,23 +74,29 @@ class LoadedModel:
 
         Normalisation runs on the device on the whole batch, and the result is laid
         out channels_last, which is what the exported convolutions run fastest on.
+        On CUDA the uint8 batch travels through this thread's pinned buffer on its
+        own stream (``PinnedStaging``), so concurrent runners overlap copy and compute.
         """
         if images.ndim != 4 or images.shape[1:] != self.input_shape or images.dtype != np.uint8:
             raise ValueError(
                 f"expected uint8 images of shape (N, {self.input_shape}), "
                 f"got {images.dtype} {images.shape}"
             )
-        batch = torch.from_numpy(images)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        if self._staging is None:
+            return self._forward(torch.from_numpy(images))
+        with self._staging.on_stream():
+            return self._forward(self._staging.to_device(images))
+
+    def _forward(self, batch: torch.Tensor) -> Scored:
         x = batch.permute(0, 3, 1, 2).float()
         # Explicitly channels_last: oneDNN takes a 20% slower path for the permuted view.
         x = ((x - self._mean) * self._inv_std).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             output = self.module(x)
-        logits, domain = _split_output(output, len(images))
+        logits, domain = _split_output(output, len(batch))
         logits = logits.float() / self.card.calibration.temperature
         probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+        # .cpu() waited for this stream: the pinned buffer is free for the next batch now.
         return Scored(probabilities, None if domain is None else domain.float().cpu().numpy())
 
     def predict(self, images: np.ndarray) -> list[Prediction]:

@@ -76,7 +76,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "worker_pool": "threads",
+        # The threads pool with a lane of its own for bulk shards (worker.queue.pool).
+        "worker_pool": "worker.queue.pool:LanePool",
         "worker_concurrency": settings.worker_concurrency,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -40,13 +40,15 @@ from celery import Celery, bootsteps, signals
 
 from contracts import ModelRef
 from worker.health import CheckResult, HealthChecks, serve_ops
-from worker.inference.engine import InferenceEngine
 from worker.inference.registry import ModelRegistry
 from worker.lifecycle import SHUTDOWN
 from worker.logs import get_logger
 from worker.metrics import READY
 from worker.settings import Settings
 from worker.storage import Storage, parse_s3_uri
+
+if TYPE_CHECKING:  # torch loads with the engine, after the worker is ready
+    from worker.inference.engine import InferenceEngine
 
 log = get_logger(__name__)
 

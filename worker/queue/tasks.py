@@ -13,7 +13,7 @@ import json
 import math
 import threading
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
@@ -21,8 +21,8 @@ from celery import Task, signals
 
 from contracts import ClassifyShard
 from worker.classify import runner as jobs
+from worker.classify.priority import PRIORITY
 from worker.errors import JobRejected, StorageError
-from worker.inference.engine import InferenceEngine
 from worker.logs import get_logger
 from worker.metrics import record_batch
 from worker.queue import probes, queuewait  # noqa: F401 - queuewait hooks Celery's signals
@@ -34,6 +34,9 @@ from worker.retrain import records as retrain_records
 from worker.settings import Settings, get_settings
 from worker.storage import Storage
 from worker.webhooks.delivery import http_client
+
+if TYPE_CHECKING:  # torch loads with the engine, after the worker is ready
+    from worker.inference.engine import InferenceEngine
 
 log = get_logger(__name__)
 
@@ -56,8 +59,13 @@ class _Runtime:
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
+                    from worker.inference.engine import InferenceEngine
+
                     self._engine = InferenceEngine.from_settings(
-                        self.settings, self.storage, on_batch=record_batch
+                        self.settings,
+                        self.storage,
+                        on_batch=record_batch,
+                        yield_bulk=PRIORITY.yield_to_interactive,
                     )
         return self._engine
 
@@ -80,6 +88,7 @@ class _Runtime:
             engine=self.engine,
             enqueue_shard=self.enqueue_shard,
             enqueue_delivery=self.enqueue_delivery,
+            client=self.client,
         )
 
     def retrain_services(self) -> retrain_records.RetrainServices:

@@ -189,7 +189,7 @@ def test_config_from_settings_scales_the_window_with_the_batch() -> None:
     config = PipelineConfig.from_settings(
         Settings(fetch_concurrency=3, max_batch=5, decode_threads=2)
     )
-    assert config == PipelineConfig(fetch_concurrency=3, decode_threads=2, window=13)
+    assert config == PipelineConfig(fetch_concurrency=3, decode_threads=2, window=23)
 
 
 def test_local_files_flow_through_the_same_pipeline(
@@ -206,6 +206,25 @@ def test_local_files_flow_through_the_same_pipeline(
         ("a.png", None, "real"),
         ("b.jpg", ErrorCode.CORRUPT_IMAGE, "real"),
     ]
+
+
+def test_in_memory_images_are_read_ahead_by_bytes_too(engine: InferenceEngine) -> None:
+    pulled = 0
+
+    def source() -> Iterator[InputItem]:
+        nonlocal pulled
+        for n in range(60):
+            pulled += 1
+            yield InputItem(f"t.tar#{n}.png", lambda: PNG, in_memory=True, size=1000)
+
+    config = PipelineConfig(fetch_concurrency=2, decode_threads=2, window=50, window_bytes=5000)
+    most_ahead = 0
+    for consumed, result in enumerate(classify_items(source(), engine, TINY, LIMITS, config)):
+        assert result.error is None
+        most_ahead = max(most_ahead, pulled - consumed)
+    assert pulled == 60
+    # 5,000 bytes hold five of these; a chunk may overshoot by one item, never the count window
+    assert most_ahead <= 2 * 5
 
 
 # --- domain check and provenance ----------------------------------------------------------

@@ -191,3 +191,34 @@ def test_a_redelivered_job_resumes(services: jobs.JobServices, broker: Broker) -
     jobs.accept_job(make_job(), services)  # finished: only makes sure of the callback
     assert broker.shards == []
     assert len(broker.deliveries) == 2
+
+
+def test_a_first_seen_one_shard_job_calls_back_from_its_own_task(
+    services: jobs.JobServices, broker: Broker, remote: MemoryStore
+) -> None:
+    received: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        received.append(request)
+        return httpx.Response(200)
+
+    client = httpx.Client(transport=httpx.MockTransport(handle))
+    fast = jobs.JobServices(**{**services.__dict__, "client": lambda: client})
+    uri = sorted(remote.objects)[0]
+    job = make_job("one", inputs={"kind": "uris", "uris": [uri]})
+    jobs.accept_job(job, fast)
+    assert broker.deliveries == []  # no hop through the callbacks queue
+    assert len(received) == 1
+    body = Webhook(SECRET).verify(received[0].content, dict(received[0].headers))
+    assert body["status"] == "succeeded"
+    assert [r["uri"] for r in body["results"]] == [uri]
+    layout = JobLayout.of("s3://out/res", "one")
+    written = {layout.job, layout.part(0), layout.done(0), layout.summary, layout.delivery}
+    assert written <= set(remote.objects)
+    # nothing it wrote was read back: only the image, and the checks for earlier attempts
+    assert set(remote.reads) == {uri, layout.job, layout.summary, layout.delivery}
+    stored = json.loads(remote.objects[layout.delivery])
+    assert stored["state"] == "delivered"
+    # a redelivery of the same message changes nothing and sends nothing more
+    jobs.accept_job(job, fast)
+    assert len(received) == 1

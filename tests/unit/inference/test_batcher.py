@@ -229,3 +229,77 @@ def test_a_failing_on_batch_hook_does_not_stop_the_batcher() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         DynamicBatcher(doubled, max_batch=0, max_wait_ms=1)
+
+
+def test_urgent_items_go_ahead_of_every_queued_bulk_item() -> None:
+    release = threading.Event()
+    order: list[list[Item]] = []
+
+    def run(items: list[Item]) -> list[Result]:
+        release.wait(WAIT_S)  # the first batch holds the runner while the lanes fill
+        order.append(list(items))
+        return doubled(items)
+
+    with DynamicBatcher(run, max_batch=4, max_wait_ms=0) as batcher:
+        first = batcher.submit((0, 0))
+        deadline = time.monotonic() + WAIT_S
+        while batcher.queued and time.monotonic() < deadline:
+            time.sleep(0.001)  # the runner took the first item and is blocked in run
+        bulk = [batcher.submit((1, n)) for n in range(8)]
+        urgent = batcher.submit((2, 0), urgent=True)
+        release.set()
+        for future in [first, *bulk, urgent]:
+            future.result(WAIT_S)
+    assert order[1][0] == (2, 0), "the urgent item leads the next batch"
+    assert order[1][1:] == [(1, 0), (1, 1), (1, 2)], "bulk items fill the rest in order"
+
+
+def test_a_full_bulk_lane_never_blocks_an_urgent_item() -> None:
+    release = threading.Event()
+
+    def run(items: list[Item]) -> list[Result]:
+        release.wait(WAIT_S)
+        return doubled(items)
+
+    with DynamicBatcher(run, max_batch=1, max_wait_ms=0, max_queue=2) as batcher:
+        held = [batcher.submit((1, n)) for n in range(3)]  # one running, two fill the lane
+        urgent = batcher.submit((2, 0), urgent=True)  # would block here if it shared the lane
+        release.set()
+        assert urgent.result(WAIT_S) == (2, 0, 0)
+        for future in held:
+            future.result(WAIT_S)
+
+
+def test_several_runners_run_batches_at_once() -> None:
+    both_running = threading.Barrier(2, timeout=WAIT_S)
+
+    def run(items: list[Item]) -> list[Result]:
+        both_running.wait()  # only passes when two batches run at the same time
+        return doubled(items)
+
+    with DynamicBatcher(run, max_batch=1, max_wait_ms=0, runners=2) as batcher:
+        futures = [batcher.submit((0, n)) for n in range(2)]
+        assert [f.result(WAIT_S) for f in futures] == [(0, 0, 0), (0, 1, 2)]
+
+
+def test_an_urgent_runner_serves_urgent_items_while_the_others_are_busy() -> None:
+    release = threading.Event()
+
+    def run(items: list[Item]) -> list[Result]:
+        if items[0][0] == 1:
+            release.wait(WAIT_S)  # a long bulk batch holds the only ordinary runner
+        return doubled(items)
+
+    with DynamicBatcher(run, max_batch=4, max_wait_ms=0, runners=1, urgent_runners=1) as batcher:
+        bulk = [batcher.submit((1, n)) for n in range(8)]
+        deadline = time.monotonic() + WAIT_S
+        while batcher.queued > 4 and time.monotonic() < deadline:
+            time.sleep(0.001)  # the ordinary runner has taken its batch and is held in run
+        urgent = batcher.submit((2, 5), urgent=True)
+        try:
+            assert urgent.result(WAIT_S) == (2, 5, 10)
+            assert not any(f.done() for f in bulk), "the bulk batch should still be held"
+        finally:
+            release.set()
+        for future in bulk:
+            future.result(WAIT_S)

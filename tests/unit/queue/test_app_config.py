@@ -14,6 +14,7 @@ from worker.queue.app import (
     sqs_broker_url,
     sqs_transport_options,
 )
+from worker.queue.pool import POOL_PATH
 from worker.queue.topology import (
     TASK_ACCEPT,
     TASK_DELIVER,
@@ -52,7 +53,7 @@ def test_amqp_delivery_semantics() -> None:
     config = celery_config(Settings(queue_prefix="t1", worker_concurrency=8))
     assert config["task_acks_late"] is True
     assert config["task_reject_on_worker_lost"] is True
-    assert config["worker_pool"] == "threads"
+    assert config["worker_pool"] == POOL_PATH
     assert config["worker_concurrency"] == 8
     assert config["worker_prefetch_multiplier"] == 1
     assert [q.name for q in config["task_queues"]] == [

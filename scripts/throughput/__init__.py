@@ -1,0 +1,1 @@
+"""``scripts/bench``: the throughput and latency benchmark (see ``run.py``)."""

@@ -1,0 +1,3 @@
+from scripts.throughput.run import main
+
+raise SystemExit(main())
