@@ -6,6 +6,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from kombu import Connection
@@ -37,7 +38,9 @@ def require_rabbitmq() -> None:
 
 def delete_amqp_topology(settings: Settings) -> None:
     """Remove every queue and exchange a test declared for ``settings.queue_prefix``."""
-    with Connection(settings.broker_url) as connection, connection.channel() as channel:
+    with Connection(settings.broker_url) as connection:
+        # kombu types channel() as its abstract StdChannel; over AMQP it is py-amqp's Channel.
+        channel: Any = connection.channel()
         for name in amqp_queues(settings):
             channel.queue_delete(name)
         for exchange in (task_exchange(settings), dead_letter_exchange(settings)):
