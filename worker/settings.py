@@ -2,7 +2,7 @@
 
 This is the only module that reads the environment (AWS credentials excepted:
 boto3 takes them from the standard AWS chain). Each field's description is the
-documentation: the README's configuration table is generated from this class
+documentation: docs/configuration.md's table is generated from this class
 (``python -m worker.settings --markdown``) and a test checks they agree.
 
 Nested values (lists, dicts) are given as JSON, e.g.
@@ -352,7 +352,7 @@ def get_settings() -> Settings:
 
 
 def markdown_table() -> str:
-    """The configuration table for the README, one row per setting."""
+    """The configuration table for docs/configuration.md, one row per setting."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)

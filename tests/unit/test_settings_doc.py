@@ -1,6 +1,6 @@
 """Settings are documented where users look and read in one place only.
 
-The README's configuration table is generated from ``worker.settings.Settings``
+docs/configuration.md's table is generated from ``worker.settings.Settings``
 (``python -m worker.settings --markdown``) and must not drift from it; and no
 module but ``worker/settings.py`` reads the environment (STYLE: one settings object).
 """
@@ -15,7 +15,8 @@ import pytest
 from worker.settings import markdown_table
 
 REPO = Path(__file__).parents[2]
-README = REPO / "README.md"
+TABLE_PAGE = REPO / "docs" / "configuration.md"
+CONFIGURATION = REPO / "docs" / "configuration.md"
 START = "<!-- settings-table:start -->"
 END = "<!-- settings-table:end -->"
 REGENERATE = ".venv/bin/python -m worker.settings --markdown"
@@ -25,23 +26,23 @@ ALLOWED = {Path("worker/settings.py")}
 ENVIRONMENT_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
 
 
-def readme_table(text: str) -> str:
+def page_table(text: str) -> str:
     """The text between the settings-table markers."""
-    assert text.count(START) == 1, f"README.md needs exactly one {START} marker"
-    assert text.count(END) == 1, f"README.md needs exactly one {END} marker"
+    assert text.count(START) == 1, f"docs/configuration.md needs exactly one {START} marker"
+    assert text.count(END) == 1, f"docs/configuration.md needs exactly one {END} marker"
     before_end = text.split(END)[0]
     assert START in before_end, f"{START} must come before {END}"
     return before_end.split(START)[1]
 
 
-def test_the_readme_configuration_table_matches_the_settings() -> None:
-    assert README.is_file(), (
-        f"{README} is missing: it must hold the configuration table between {START} and "
+def test_the_configuration_page_table_matches_the_settings() -> None:
+    assert TABLE_PAGE.is_file(), (
+        f"{TABLE_PAGE} is missing: it must hold the configuration table between {START} and "
         f"{END}, generated with `{REGENERATE}`"
     )
-    table = readme_table(README.read_text())
+    table = page_table(TABLE_PAGE.read_text())
     assert table.strip() == markdown_table().strip(), (
-        f"README.md's configuration table is out of date: replace the lines between the "
+        f"docs/configuration.md's table is out of date: replace the lines between the "
         f"settings-table markers with the output of `{REGENERATE}`"
     )
 
