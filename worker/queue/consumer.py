@@ -62,15 +62,12 @@ class SynthdetectConsumer(Consumer):
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         if isinstance(exc, ContentDisallowed):
-            reason = (
-                f"wrong content type: {message.content_type!r} is not accepted "
-                "(task messages are application/json)"
-            )
-        else:
-            reason = (
-                f"undecodable body: {exc} (content type {message.content_type!r}, "
-                f"encoding {message.content_encoding!r})"
-            )
+            self._dead_letter(message, _wrong_content_type(message))
+            return
+        reason = (
+            f"undecodable body: {exc} (content type {message.content_type!r}, "
+            f"encoding {message.content_encoding!r})"
+        )
         self._dead_letter(message, reason)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
@@ -86,6 +83,9 @@ class SynthdetectConsumer(Consumer):
         self._dead_letter(message, f"unknown task {name!r}: no such task on this worker")
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        if isinstance(exc, ContentDisallowed):  # how Celery reports a task header on pickle
+            self._dead_letter(message, _wrong_content_type(message))
+            return
         self._dead_letter(message, f"invalid task message: {exc}")
 
     def _dead_letter(self, message: Any, reason: str) -> None:
@@ -100,6 +100,13 @@ class SynthdetectConsumer(Consumer):
             _settle(message, requeue=True)  # kept: the broker's redelivery cap ends a loop
             return
         _settle(message)
+
+
+def _wrong_content_type(message: Any) -> str:
+    return (
+        f"wrong content type: {message.content_type!r} is not accepted "
+        "(task messages are application/json)"
+    )
 
 
 def _settle(message: Any, requeue: bool | None = None) -> None:

@@ -83,8 +83,12 @@ TASK_BODY = json.dumps([[{"job_id": "j-9"}], {}, {}]).encode()
             "unknown task 'nope': no such task on this worker",
         ),
         (lambda c, m: c.on_invalid_task(None, m, ValueError("bad")), "invalid task message: bad"),
+        (
+            lambda c, m: c.on_invalid_task(None, m, ContentDisallowed("pickle")),
+            "wrong content type",
+        ),
     ],
-    ids=["undecodable", "content type", "no task header", "unknown task", "invalid task"],
+    ids=["undecodable", "content type", "no task header", "unknown task", "invalid", "pickle"],
 )
 def test_poison_is_dead_lettered_with_its_reason_then_acknowledged(hook: Any, reason: str) -> None:
     sink = RecordingSink()
