@@ -122,8 +122,13 @@ def _settle(message: Any, requeue: bool | None = None) -> None:
 
 
 def source_queue(delivery_info: dict[str, Any]) -> str:
-    """The queue a message came from: its routing key, without a delayed-delivery prefix."""
-    routing_key = str(delivery_info.get("routing_key") or delivery_info.get("queue") or "")
+    """The queue a message came from: SQS names its queue's URL; on RabbitMQ every queue
+    is bound by its own name, so the routing key is the name (after any delayed-delivery
+    prefix)."""
+    sqs_url = delivery_info.get("sqs_queue")
+    if sqs_url:
+        return str(sqs_url).rstrip("/").rsplit("/", 1)[-1]
+    routing_key = str(delivery_info.get("routing_key") or "")
     return _DELAY_PREFIX.sub("", routing_key) or "unknown"
 
 

@@ -109,6 +109,8 @@ def test_poison_that_cannot_be_dead_lettered_is_requeued_not_dropped() -> None:
 def test_source_queue_and_job_id_survive_any_body() -> None:
     assert source_queue({"routing_key": "1.0.1.t1-callbacks"}) == "t1-callbacks"
     assert source_queue({}) == "unknown"
+    sqs = {"sqs_queue": "http://127.0.0.1:5/000000000000/t1-bulk", "routing_key": "t1-classify"}
+    assert source_queue(sqs) == "t1-bulk"
     assert task_job_id(FakeMessage(b"\xff not json")) is None
     assert task_job_id(FakeMessage(json.dumps([["job-3", "s3://x"], {}, {}]).encode())) == "job-3"
 
