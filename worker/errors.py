@@ -11,6 +11,7 @@
     ├── ModelError            a model or its card cannot be loaded or trusted
     │   └── ChecksumMismatch  the model file is not the file its card describes
     └── JobRejected           a message that can never succeed (goes to the dead-letter queue)
+        └── UnsafeKey         an S3 key with '..', '.', '//', control characters or '\\'
 
 ``ImageFailure`` never escapes the pipeline: it becomes ``ImageResult.error``.
 """
@@ -73,3 +74,11 @@ class JobRejected(SynthdetectError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class UnsafeKey(JobRejected, ValueError):
+    """An S3 address whose key breaks ``contracts.keys`` (traversal, ``//``, control
+    characters, backslashes): refused before any request is made.
+
+    A ``ValueError`` too, like every other malformed address ``parse_s3_uri`` refuses.
+    """

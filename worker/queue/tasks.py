@@ -28,7 +28,7 @@ from worker.metrics import record_batch
 from worker.queue import probes, queuewait  # noqa: F401 - queuewait hooks Celery's signals
 from worker.queue.app import app
 from worker.queue.deadletter import DeadLetterSink, dead_letter, dead_letter_sink
-from worker.queue.ingest import validate_job
+from worker.queue.ingest import PLAIN_JSON_SELECTION, validate_job
 from worker.queue.topology import TASK_ACCEPT, TASK_DELIVER, TASK_SHARD, QueueNames
 from worker.retrain import records as retrain_records
 from worker.settings import Settings, get_settings
@@ -199,7 +199,8 @@ def deliver_callback(job_id: str, location: str, kind: str = "classify") -> None
 
 @signals.worker_ready.connect(weak=False)
 def _on_ready(sender: Any = None, **_: Any) -> None:
-    queues = sorted(app.amqp.queues.consume_from)
+    # Celery's task queues and the plain-JSON queues the ingest reads: all this worker consumes.
+    queues = sorted([*app.amqp.queues.consume_from, *app.conf.get(PLAIN_JSON_SELECTION, ())])
     probes.start(runtime.settings, runtime.engine, queues, runtime.names.retrain)
     # What this worker really consumes and runs (-Q and -c override the settings).
     controller = getattr(sender, "controller", None)
