@@ -310,7 +310,6 @@ THROTTLING_CODES = frozenset(
         "RequestLimitExceeded",
         "TooManyRequestsException",
         "RequestTimeout",
-        "RequestTimeTooSkewed",
         "OperationAborted",
         "InternalError",
         "ServiceUnavailable",
