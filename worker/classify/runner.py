@@ -81,7 +81,12 @@ from worker.logs import get_logger
 from worker.metrics import JOBS, SHARD_SECONDS, record_results, timed_stage
 from worker.settings import Settings
 from worker.storage import Storage
-from worker.webhooks.attempts import CallbackTarget, attempt_delivery, delivery_pending
+from worker.webhooks.attempts import (
+    CallbackTarget,
+    attempt_delivery,
+    delivery_pending,
+    read_delivery,
+)
 from worker.webhooks.delivery import DeliveryRecord, Resolver, callback_body, system_resolver
 
 if TYPE_CHECKING:  # torch loads with the engine (on first use), not with this module
@@ -462,6 +467,11 @@ def _ensure_delivery(record: JobRecord, layout: JobLayout, services: JobServices
     target = _callback_target(record, layout)
     if target is not None and delivery_pending(services.storage, target):
         services.enqueue_delivery(record.job.job_id, record.job.output.uri, 0.0)
+
+
+def read_delivery_record(storage: Storage, output_uri: str, job_id: str) -> DeliveryRecord | None:
+    """A job's ``delivery.json`` (every callback attempt so far), or None before the first."""
+    return read_delivery(storage, JobLayout.of(output_uri, job_id).delivery)
 
 
 def deliver(

@@ -111,7 +111,7 @@ def attempt_delivery(
     """Make the next attempt unless delivery has finished or another sender holds it.
 
     Returns the delivery record as this call left it (unchanged when another
-    sender holds the attempt). ``body`` is called only when an attempt is made.
+    sender holds the attempt). ``body`` is called only while delivery is pending.
     Raises ``JobRejected`` when the callback's signing secret is not configured
     on this worker.
     """
@@ -124,6 +124,7 @@ def attempt_delivery(
     secret = settings.webhook_secret_for(target.callback.secret_ref)
     if secret is None:
         raise JobRejected(f"callback secret_ref {target.callback.secret_ref!r} is not configured")
+    content = body()  # before the claim: a failed read must not hold the attempt
     number = claim_attempt(storage, target, delivery, claim_lease_s(settings))
     if number is None:
         log.info("callback_attempt_held_elsewhere", attempt=len(delivery.attempts) + 1)
@@ -132,7 +133,7 @@ def attempt_delivery(
         client,
         str(target.callback.url),
         target.job_id,
-        body(),
+        content,
         secret.get_secret_value(),
         number,
         RetryPolicy.from_settings(settings),
