@@ -189,13 +189,21 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_worker(command: list[str], settings: Settings, log_path: Path) -> WorkerProcess:
-    """Start ``command`` and return once the worker logged ``worker_ready``."""
+def start_worker(
+    command: list[str],
+    settings: Settings,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+) -> WorkerProcess:
+    """Start ``command`` and return once the worker logged ``worker_ready``.
+
+    ``extra_env`` adds variables (``SYNTHDETECT_*`` settings the environment above leaves out).
+    """
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command,
             cwd=REPO,
-            env=worker_environment(settings),
+            env={**worker_environment(settings), **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
