@@ -153,8 +153,7 @@ def test_a_short_s3_outage_only_delays_the_job(
         stopped = time.monotonic()
         s3.stop()
         wait_until(
-            lambda: worker.events("storage_retry")
-            and time.monotonic() - stopped >= SHORT_OUTAGE_S,
+            lambda: worker.events("storage_retry") and time.monotonic() - stopped >= SHORT_OUTAGE_S,
             60,
             "a shard retrying storage for the outage's length",
             detail=worker.log_tail,
