@@ -202,8 +202,10 @@ class _Runtime:
         )
 
     def close(self) -> None:
+        """Release the engine and the HTTP client. Runs after every task has ended (finished
+        or handed back), so images still queued in the batcher belong to no one: dropped."""
         if self._engine is not None:
-            self._engine.close()
+            self._engine.close(discard_queued=True)
         if self._client is not None:
             self._client.close()
 
