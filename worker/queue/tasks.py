@@ -420,6 +420,12 @@ def _sweep_owed_callbacks() -> None:
             queued = runtime.sweep_owed_callbacks()
             if queued:
                 log.info("owed_callbacks_queued", count=queued)
+        except StorageError as exc:  # e.g. no s3:ListAllMyBuckets permission
+            log.warning(
+                "sweep_failed",
+                error=str(exc),
+                hint="list the results buckets in SYNTHDETECT_CALLBACK_SWEEP_BUCKETS",
+            )
         except Exception:
             log.exception("sweep_failed")
         if SHUTDOWN.sleep(interval):
