@@ -4,8 +4,10 @@ The first worker gets a short grace (0.5 s, less than the 2 s a shard keeps for
 writing its results) and shards of 250 images, more than it can classify in that
 time, so a running shard must stop and give its message back (RabbitMQ: reject
 with requeue) instead of holding it until the process is killed. A second worker
-then finishes the job: every image exactly once, one
-summary, one callback. The time from SIGTERM to exit is printed (``pytest -s``).
+then finishes the job: every image exactly once, one summary, one callback. On
+SQS (a moto server) the queues' visibility timeout is 10 minutes, so the job
+finishes in time only if the handed-back message is visible again at once. The
+time from SIGTERM to exit is printed (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tests.e2e.conftest import Dataset, executable, start_worker, worker_setting
 from tests.support.brokers import (
     RABBITMQ_URL,
     delete_amqp_topology,
+    moto_sqs,
     require_rabbitmq,
     unique_prefix,
 )
@@ -36,6 +39,7 @@ from tests.support.callbacks import CallbackReceiver
 from tests.support.waiting import wait_until
 from worker.classify.results import JobLayout, done_shards
 from worker.queue.producer import submit_job
+from worker.queue.topology import setup_sqs_queues
 from worker.settings import Settings
 from worker.storage import Storage
 
@@ -46,14 +50,27 @@ EXIT_LIMIT_S = GRACE_S + 10.0
 """Handing back takes one image's time; the rest is Celery's own shutdown."""
 
 
-@pytest.fixture
-def settings(e2e_s3: Settings) -> Iterator[Settings]:
-    require_rabbitmq()
-    settings = worker_settings(
-        e2e_s3, broker_url=RABBITMQ_URL, queue_prefix=unique_prefix("term"), shard_size=250
-    )
-    yield settings
-    delete_amqp_topology(settings)
+@pytest.fixture(params=["amqp", "sqs"])
+def settings(request: pytest.FixtureRequest, e2e_s3: Settings) -> Iterator[Settings]:
+    if request.param == "amqp":
+        require_rabbitmq()
+        settings = worker_settings(
+            e2e_s3, broker_url=RABBITMQ_URL, queue_prefix=unique_prefix("term"), shard_size=250
+        )
+        yield settings
+        delete_amqp_topology(settings)
+        return
+    with moto_sqs() as endpoint:
+        settings = worker_settings(
+            e2e_s3,
+            broker_url="sqs://",
+            sqs_endpoint_url=endpoint,
+            queue_prefix=unique_prefix("term"),
+            shard_size=250,
+            sqs_visibility_timeout_s=600,
+        )
+        setup_sqs_queues(settings)
+        yield settings
 
 
 def test_sigterm_hands_back_the_running_shard_and_the_job_still_finishes(
@@ -93,7 +110,7 @@ def test_sigterm_hands_back_the_running_shard_and_the_job_still_finishes(
     exit_s = time.monotonic() - signalled
     handed_back = first.events("work_handed_back")
     print(  # the measured figure
-        f"\nSIGTERM to exit {exit_s:.1f} s (grace {GRACE_S} s); "
+        f"\n{settings.broker_kind}: SIGTERM to exit {exit_s:.1f} s (grace {GRACE_S} s); "
         f"{len(handed_back)} message(s) handed back; "
         f"{len(done_shards(storage, layout))} of 2 shards done before"
     )
