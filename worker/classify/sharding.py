@@ -54,23 +54,21 @@ def plan_shards(
 ) -> list[ClassifyShard]:
     """Every shard of ``job``, in input order (at least one, possibly with no items).
 
-    Raises ``JobRejected`` when the job has more than ``max_images`` images or
-    its manifest or tar does not exist, and ``StorageError`` when a listing or
-    read fails (transient: the caller retries).
+    Raises ``JobRejected`` when the job has more than ``max_images`` images, and
+    ``StorageError`` when a listing or read fails: transient errors are retried by the
+    caller; permanent ones (a manifest or tar that does not exist is ``ObjectNotFound``)
+    end the job with a ``failed`` summary naming the input, and its callback, rather
+    than a silent dead letter the producer never hears about.
     """
     inputs = job.inputs
-    try:
-        if isinstance(inputs, TarInput):
-            slices = _tar_slices(inputs.tar, storage, shard_size, max_images)
-            # Each shard carries either its items or its tar slice.
-            pieces: list[tuple[list[ShardItem] | None, TarSlice | None]] = [
-                (None, piece) for piece in slices
-            ]
-        else:
-            items = _count_checked(_shard_items(job, storage), max_images)
-            pieces = [(chunk, None) for chunk in batched(items, shard_size)]
-    except ObjectNotFound as exc:
-        raise JobRejected(f"input not found: {exc}") from exc
+    pieces: list[tuple[list[ShardItem] | None, TarSlice | None]]
+    if isinstance(inputs, TarInput):
+        # Each shard carries either its items or its tar slice.
+        slices = _tar_slices(inputs.tar, storage, shard_size, max_images)
+        pieces = [(None, piece) for piece in slices]
+    else:
+        items = _count_checked(_shard_items(job, storage), max_images)
+        pieces = [(chunk, None) for chunk in batched(items, shard_size)]
     pieces = pieces or [([], None)]
     return [
         ClassifyShard(

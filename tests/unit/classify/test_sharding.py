@@ -12,7 +12,7 @@ from contracts import ClassifyJob
 from tests.support.memory_store import MemoryStore
 from worker.classify.inputs import iter_tar_items
 from worker.classify.sharding import plan_shards
-from worker.errors import JobRejected
+from worker.errors import JobRejected, ObjectNotFound
 from worker.storage import Storage
 
 
@@ -103,8 +103,9 @@ def test_oversize_jobs_are_rejected(storage: Storage, remote: MemoryStore) -> No
         plan_shards(job({"kind": "tar", "tar": "s3://inp/a.tar"}), storage, 2, 4)
 
 
-def test_a_missing_manifest_is_rejected(storage: Storage) -> None:
-    with pytest.raises(JobRejected, match="not found"):
+def test_a_missing_manifest_is_a_permanent_storage_error(storage: Storage) -> None:
+    # Not JobRejected: the job is answered with a failed summary and its callback.
+    with pytest.raises(ObjectNotFound):
         plan_shards(job({"kind": "manifest", "manifest": "s3://inp/nope.csv"}), storage, 2, 4)
 
 

@@ -23,7 +23,7 @@ from tests.unit.classify.test_runner import SAMPLE, SECRET, Broker, make_job
 from worker.classify import owed
 from worker.classify import runner as jobs
 from worker.classify.results import JobLayout, read_summary
-from worker.errors import StorageError
+from worker.errors import ObjectNotFound, StorageError
 from worker.inference.engine import InferenceEngine
 from worker.settings import Settings
 from worker.storage import ObjectInfo, Storage
@@ -290,3 +290,20 @@ def test_a_tar_slice_that_gives_up_names_the_bytes_it_could_not_read(
     assert (
         failed.inputs == f"s3://inp/set.tar bytes [{first.tar_slice.start}, {first.tar_slice.end})"
     )
+
+
+def test_a_job_whose_manifest_does_not_exist_fails_with_not_found_and_is_called_back(
+    services: jobs.JobServices, broker: Broker
+) -> None:
+    """A missing manifest is a permanent error: the job is answered, not dead-lettered."""
+    job = make_job(inputs={"kind": "manifest", "manifest": "s3://inp/nope.csv"})
+    with pytest.raises(ObjectNotFound) as raised:
+        jobs.accept_job(job, services)
+    jobs.give_up_job(job, services, raised.value.code, str(raised.value))
+    summary = read_summary(services.storage, layout())
+    assert summary is not None
+    assert summary.status == "failed"
+    assert summary.failed_shards is not None
+    assert summary.failed_shards[0].inputs == "manifest s3://inp/nope.csv (not read)"
+    assert summary.failed_shards[0].code == "not_found"
+    assert broker.deliveries == [("job-1", OUT, 0.0)]
