@@ -68,10 +68,12 @@ def _schemas() -> dict[str, Any]:
     return dict(sorted(schemas.items()))
 
 
-def _errors(statuses: list[int]) -> dict[str, Any]:
+def _errors(codes: set[str]) -> dict[str, Any]:
+    """The error responses of an operation that may answer ``codes``."""
     by_status: dict[int, list[str]] = {}
     for code, status, _ in error_codes():
-        by_status.setdefault(status, []).append(code)
+        if code in codes:
+            by_status.setdefault(status, []).append(code)
     return {
         str(status): {
             "description": "Refused: " + ", ".join(f"`{code}`" for code in by_status[status]),
@@ -79,8 +81,7 @@ def _errors(statuses: list[int]) -> dict[str, Any]:
                 "application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}
             },
         }
-        for status in sorted(statuses)
-        if status in by_status
+        for status in sorted(by_status)
     }
 
 
@@ -97,8 +98,8 @@ _MODEL_PARAMETER = {
 def openapi_schema() -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``/v1``."""
     binary = {"type": "string", "format": "binary"}
-    single_statuses = sorted({s for _, s, _ in error_codes()})
-    batch_statuses = sorted(set(API_ERROR_STATUS.values()))
+    every_code = {code for code, _, _ in error_codes()}
+    request_codes = {code.value for code in ApiErrorCode}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -148,7 +149,7 @@ def openapi_schema() -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_errors(single_statuses),
+                        **_errors(every_code),
                     },
                 }
             },
@@ -185,7 +186,7 @@ def openapi_schema() -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_errors(batch_statuses),
+                        **_errors(request_codes),
                     },
                 }
             },
