@@ -209,6 +209,8 @@ def over_http(
                 rate, failed = asyncio.run(_http_rate(served.url, key, blob, clients, seconds))
                 spent = _cpu_s(server) - before[0], _cpu_s(here) - before[1]
                 note = f"{clients} concurrent clients" + (f", {failed} failed" if failed else "")
+                if failed:
+                    print(f"serve log (last lines):\n{served.log_tail(15)}", flush=True)
                 report.figure(f"http_{name}_rate", rate, "images/s", note)
                 images_sent = rate * seconds
                 report.figure(
