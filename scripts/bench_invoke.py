@@ -268,6 +268,7 @@ def run_phase(
     extra_env: dict[str, str] | None = None,
 ) -> None:
     """The whole invoke benchmark (``scripts/bench``'s invoke phase)."""
+    configure_logging(Settings(log_level="WARNING"))  # the in-process engine logs every batch
     seconds = seconds if seconds is not None else (4.0 if quick else 10.0)
     sizes = {"32px": 100 if quick else 300, "2MP": 20 if quick else 60}
     blobs = images()
@@ -322,7 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     printer = _Printer()
-    configure_logging(Settings(log_level="WARNING"))
     print(f"bench_invoke on {os.cpu_count()} cores, load {_load()}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="synthdetect-bench-invoke-"))
     try:
