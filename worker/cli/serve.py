@@ -20,6 +20,12 @@ from worker.serve.db import StoreError
 from worker.serve.services import open_console_store
 from worker.settings import get_settings
 
+KEEP_ALIVE_S = 75
+"""Idle keep-alive connections are closed after this long: longer than the idle timeout of
+the proxies that sit in front (60 s for AWS ALB and nginx's default 75 s upstream
+keepalive), so the server never closes a connection a proxy is about to reuse; uvicorn's
+default of 5 s invites that race under load."""
+
 
 def _when(seconds: float | None) -> str:
     if seconds is None:
@@ -47,6 +53,7 @@ def serve(host: str | None, port: int | None) -> None:
         access_log=False,
         proxy_headers=True,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 
