@@ -55,6 +55,8 @@ class Services:
     fetch: httpx.Client
     """The client of invoke URI fetches (no redirects, bounded timeouts)."""
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    owns_store: bool = True
+    """Whether ``close`` closes the store (not when the caller passed one in)."""
     ready: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     """Room for console features to keep process-wide objects (e.g. running trainings)."""
@@ -79,7 +81,8 @@ class Services:
     def close(self) -> None:
         self.engine.close()
         self.fetch.close()
-        self.store.close()
+        if self.owns_store:
+            self.store.close()
 
 
 def open_console_store(settings: Settings) -> ConsoleStore:
@@ -96,6 +99,7 @@ def build_services(
 ) -> Services:
     """Open the store (schema created), the storage, the registry and the engine."""
     storage = Storage.from_settings(settings)
+    owns_store = store is None
     store = store or open_console_store(settings)
     secret = (
         settings.serve_secret_key.get_secret_value()
@@ -115,6 +119,7 @@ def build_services(
         limits=ImageLimits.from_settings(settings),
         engine=engine_factory(settings, storage),
         fetch=fetch_client(settings),
+        owns_store=owns_store,
     )
 
 
