@@ -41,7 +41,6 @@ from worker.serve.invoke import (
     IMAGE_ERROR_STATUS,
     ApiErrorCode,
     InvokeError,
-    Invoker,
     bytes_item,
     check_uri,
     uri_item,
@@ -131,9 +130,9 @@ async def _read_items(request: Request, services: Services, *, batch: bool) -> l
     elif content_type == "application/json":
         uris = await _json_uris(bounded, limit, batch)
         kinds = [await anyio.to_thread.run_sync(check_uri, uri, settings) for uri in uris]
-        invoker = Invoker(services.engine, settings, services.storage, services.fetch)
         items = [
-            uri_item(uri, kind, settings, invoker) for uri, kind in zip(uris, kinds, strict=True)
+            uri_item(uri, kind, settings, services.storage, services.fetch)
+            for uri, kind in zip(uris, kinds, strict=True)
         ]
     elif content_type == "application/x-www-form-urlencoded" or batch:
         raise InvokeError(

@@ -32,7 +32,7 @@ import httpx
 
 from contracts import ErrorCode, ImageResult, ModelRef
 from worker.classify.inputs import InputItem, object_item
-from worker.classify.pipeline import PipelineConfig, classify_items
+from worker.classify.pipeline import PipelineConfig, PipelinePools, classify_items
 from worker.errors import ImageFailure, ModelError
 from worker.imaging import ImageLimits
 from worker.settings import Settings
@@ -123,6 +123,8 @@ class Invoker:
     settings: Settings
     storage: Storage
     http: httpx.Client
+    pools: PipelinePools
+    """Fetch and decode threads every request shares (none is started per request)."""
 
     @property
     def config(self) -> PipelineConfig:
@@ -133,7 +135,12 @@ class Invoker:
         try:
             return list(
                 classify_items(
-                    items, self.engine, model, ImageLimits.from_settings(self.settings), self.config
+                    items,
+                    self.engine,
+                    model,
+                    ImageLimits.from_settings(self.settings),
+                    self.config,
+                    self.pools,
                 )
             )
         except ModelError as exc:
@@ -180,11 +187,13 @@ def check_uri(uri: str, settings: Settings) -> str:
     return "http"
 
 
-def uri_item(uri: str, kind: str, settings: Settings, invoker: Invoker) -> InputItem:
+def uri_item(
+    uri: str, kind: str, settings: Settings, storage: Storage, http: httpx.Client
+) -> InputItem:
     """An item that reads ``uri`` (checked by ``check_uri``) when the pipeline loads it."""
     if kind == "s3":
-        return object_item(invoker.storage, uri, settings.max_image_bytes)
-    return InputItem(uri, lambda: fetch_url(invoker.http, uri, settings.max_image_bytes))
+        return object_item(storage, uri, settings.max_image_bytes)
+    return InputItem(uri, lambda: fetch_url(http, uri, settings.max_image_bytes))
 
 
 def fetch_url(client: httpx.Client, url: str, max_bytes: int) -> bytes:

@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from contracts import ImageResult, ModelRef
 from worker.classify.inputs import InputItem
+from worker.classify.pipeline import PipelinePools
 from worker.imaging import ImageLimits
 from worker.inference.registry import ModelRegistry
 from worker.metrics import record_batch
@@ -54,6 +55,8 @@ class Services:
     engine: InferenceEngine
     fetch: httpx.Client
     """The client of invoke URI fetches (no redirects, bounded timeouts)."""
+    pools: PipelinePools
+    """Fetch and decode threads shared by every invoke (``worker.classify.pipeline``)."""
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     owns_store: bool = True
     """Whether ``close`` closes the store (not when the caller passed one in)."""
@@ -75,10 +78,11 @@ class Services:
         Build items with ``worker.serve.invoke.bytes_item(name, data)``; raises
         ``InvokeError`` (``model_unavailable``) when the model cannot be loaded.
         """
-        invoker = Invoker(self.engine, self.settings, self.storage, self.fetch)
+        invoker = Invoker(self.engine, self.settings, self.storage, self.fetch, self.pools)
         return invoker.run(items, model or self.default_model)
 
     def close(self) -> None:
+        self.pools.close()
         self.engine.close()
         self.fetch.close()
         if self.owns_store:
@@ -119,6 +123,7 @@ def build_services(
         limits=ImageLimits.from_settings(settings),
         engine=engine_factory(settings, storage),
         fetch=fetch_client(settings),
+        pools=PipelinePools.start(settings.fetch_concurrency, settings.decode_thread_count()),
         owns_store=owns_store,
     )
 
