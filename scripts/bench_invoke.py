@@ -7,8 +7,9 @@ Also a phase of ``scripts/bench`` (``--skip invoke`` leaves it out). Two images:
 judges out of domain: decoded, scored and abstained like any such upload).
 
 1. **engine alone**, in this process: the job pipeline (``classify_items``, urgent
-   lane) on the image's bytes, one call after another (p50/p99), then from
-   ``--clients`` threads at once for ``--seconds`` (images/s);
+   lane, shared thread pools, as serve runs it) on the image's bytes, one call after
+   another (p50/p99), then from ``--clients`` threads at once for ``--seconds``
+   (images/s);
 2. **over HTTP**: a real ``synthdetect serve`` process (API key from the CLI),
    ``POST /v1/invoke`` with the raw bytes, one request after another (p50/p99),
    then ``--clients`` concurrent clients (one asyncio loop, one connection each)
@@ -44,7 +45,7 @@ from PIL import Image
 from contracts import ModelRef
 from scripts.serve_process import REPO, ServeProcess, serve_environment, synthdetect
 from worker.classify.inputs import InputItem
-from worker.classify.pipeline import PipelineConfig, classify_items
+from worker.classify.pipeline import PipelineConfig, PipelinePools, classify_items
 from worker.imaging import ImageLimits
 from worker.logs import configure_logging
 from worker.settings import Settings
@@ -120,12 +121,13 @@ def engine_alone(
     limits = ImageLimits.from_settings(settings)
     config = PipelineConfig.from_settings(settings, urgent=True)
     model = ModelRef(name=settings.default_model)
+    pools = PipelinePools.start(settings.fetch_concurrency, settings.decode_thread_count())
     try:
         for name, blob in blobs.items():
             item = InputItem("bench", lambda blob=blob: blob, in_memory=True, size=len(blob))  # type: ignore[misc]
 
             def call(item: InputItem = item) -> None:
-                (result,) = classify_items([item], engine, model, limits, config)
+                (result,) = classify_items([item], engine, model, limits, config, pools)
                 assert result.scores is not None, result
 
             found = latencies(call, sizes[name])
@@ -137,6 +139,7 @@ def engine_alone(
             report.figure(f"engine_{name}_rate", rate, "images/s", f"{clients} threads")
             report.figure(f"engine_{name}_cpu", cpu * 1e3 / (rate * seconds), "CPU ms/image")
     finally:
+        pools.close()
         engine.close()
 
 

@@ -47,7 +47,7 @@ from worker.serve.invoke import (
 )
 from worker.serve.openapi import openapi_schema
 from worker.serve.services import Services, services_of
-from worker.serve.wire import InvokeBatchUriRequest, InvokeUriRequest
+from worker.serve.wire import BatchResponse, InvokeBatchUriRequest, InvokeUriRequest
 
 MAX_FORM_FILES = 10_000
 """Parts a multipart body may hold before parsing stops (the byte limit bounds it first)."""
@@ -76,7 +76,7 @@ async def invoke(request: Request) -> Response:
             result.error.code.value,
             result.error.message,
         )
-    return JSONResponse(result.model_dump(mode="json", exclude_none=True))
+    return _json(result.model_dump_json(exclude_none=True))
 
 
 async def invoke_batch(request: Request) -> Response:
@@ -88,12 +88,16 @@ async def invoke_batch(request: Request) -> Response:
         results = await _run(services, items, model)
     except InvokeError as exc:
         return api_error(exc.status, exc.code.value, exc.message)
-    body = {"results": [r.model_dump(mode="json", exclude_none=True) for r in results]}
-    return JSONResponse(body)
+    return _json(BatchResponse(results=results).model_dump_json(exclude_none=True))
 
 
 async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_schema())
+
+
+def _json(body: str) -> Response:
+    """A JSON answer pydantic already serialised (no second pass through ``json``)."""
+    return Response(body, media_type="application/json")
 
 
 # --- reading a request --------------------------------------------------------------------
