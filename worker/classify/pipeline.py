@@ -119,14 +119,43 @@ _Outcome = _Staged | BaseException
 """An image's place in a batch, or why it never got one."""
 
 
+@dataclass(frozen=True)
+class PipelinePools:
+    """Thread pools that many short pipeline runs share instead of starting their own.
+
+    A run that owns its pools starts a thread for its first image and stops it at the
+    end; for a one-image run (``synthdetect serve``'s invoke) that costs about as much as
+    decoding a small image. Shared pools live as long as their owner, who closes them.
+    """
+
+    fetch: ThreadPoolExecutor
+    decode: ThreadPoolExecutor
+
+    @classmethod
+    def start(cls, fetch_threads: int, decode_threads: int) -> PipelinePools:
+        return cls(
+            ThreadPoolExecutor(fetch_threads, thread_name_prefix="fetch"),
+            ThreadPoolExecutor(decode_threads, thread_name_prefix="decode"),
+        )
+
+    def close(self) -> None:
+        self.fetch.shutdown(wait=True, cancel_futures=True)
+        self.decode.shutdown(wait=True, cancel_futures=True)
+
+
 def classify_items(
     items: Iterable[InputItem],
     engine: InferenceEngine,
     model: ModelRef,
     limits: ImageLimits,
     config: PipelineConfig,
+    pools: PipelinePools | None = None,
 ) -> Iterator[ImageResult]:
-    """Yield one ``ImageResult`` per input item, in input order."""
+    """Yield one ``ImageResult`` per input item, in input order.
+
+    ``pools``: shared thread pools; the run then starts no threads of its own, and the
+    pools' sizes bound the fetches and decodes of every run that shares them.
+    """
     decode_slots = threading.BoundedSemaphore(config.decode_threads)
     reader = provenance_reader(config.trust_anchors) if config.provenance else None
     pause: Callable[[], None] = _go_on if config.urgent else PRIORITY.yield_to_interactive
@@ -167,8 +196,9 @@ def classify_items(
     queued = held = 0  # images and in-memory bytes in flight
     source = iter(items)
     pending: InputItem | None = None
-    fetchers = ThreadPoolExecutor(config.fetch_concurrency, thread_name_prefix="fetch")
-    decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="decode")
+    own = pools is None
+    shared = pools or PipelinePools.start(config.fetch_concurrency, config.decode_threads)
+    fetchers, decoders = shared.fetch, shared.decode
     try:
         while True:
             while queued < config.window and held < config.window_bytes:
@@ -207,8 +237,9 @@ def classify_items(
     finally:
         for _, _, staged in in_flight:
             staged.cancel()
-        fetchers.shutdown(wait=False, cancel_futures=True)
-        decoders.shutdown(wait=False, cancel_futures=True)
+        if own:
+            fetchers.shutdown(wait=False, cancel_futures=True)
+            decoders.shutdown(wait=False, cancel_futures=True)
 
 
 def _go_on() -> None:

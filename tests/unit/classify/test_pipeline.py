@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tests.support.provenance_files import c2pa_signed, make_identity
 from tests.support.tiny_model import TINY_LABELS, tiny_domain_model, tiny_model
 from tests.support.toy_images import bright_and_dark, png_bytes
 from worker.classify.inputs import InputItem
-from worker.classify.pipeline import PipelineConfig, classify_items
+from worker.classify.pipeline import PipelineConfig, PipelinePools, classify_items
 from worker.classify.verdict import DomainPolicy
 from worker.errors import ImageFailure, ModelError
 from worker.imaging import ImageLimits
@@ -299,3 +300,24 @@ def test_a_validated_c2pa_claim_labels_the_image(
     off = dataclasses.replace(CONFIG, provenance=False)
     (plain,) = classify_items([item("gen.jpg", signed)], domain_engine, TINY, LIMITS, off)
     assert plain.provenance is None
+
+
+def test_runs_on_shared_pools_start_no_threads_and_answer_the_same(
+    engine: InferenceEngine,
+) -> None:
+    items = [item(f"{i}.png", encode("PNG", seed=i)) for i in range(6)] + [
+        InputItem("mem.jpg", lambda: JPEG, in_memory=True, size=len(JPEG)),
+        failing("gone.png", ImageFailure(ErrorCode.NOT_FOUND, "no such object")),
+    ]
+    own = classify(engine, items)
+    before = threading.active_count()
+    pools = PipelinePools.start(fetch_threads=4, decode_threads=2)
+    try:
+        for _ in range(6):
+            assert list(classify_items(items, engine, TINY, LIMITS, CONFIG, pools)) == own
+            # every thread the runs used is one of the pools' six
+            assert threading.active_count() - before <= 4 + 2
+        names = {t.name.split("_")[0] for t in threading.enumerate()}
+        assert {"fetch", "decode"} <= names
+    finally:
+        pools.close()
