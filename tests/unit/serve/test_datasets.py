@@ -1,0 +1,164 @@
+"""DatasetStore: create, upload files, folders and archives, S3 prefixes, labels."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.memory_store import MemoryStore
+from tests.support.toy_images import png_bytes
+from worker.imaging import ImageLimits
+from worker.serve.datasets import DatasetError, DatasetStore, LabelRule, UploadedFile
+from worker.settings import Settings
+from worker.storage import Storage
+
+LIMITS = ImageLimits.from_settings(Settings())
+
+
+def image(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return png_bytes(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def s3() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def store(tmp_path: Path, s3: MemoryStore) -> DatasetStore:
+    return DatasetStore(Storage(lambda: s3), str(tmp_path / "datasets"), LIMITS)
+
+
+def test_create_lists_and_refuses_a_taken_or_bad_name(store: DatasetStore) -> None:
+    record = store.create("faces", ["real", "synthetic"])
+    assert record.labels == ["real", "synthetic"]
+    assert store.names() == ["faces"]
+    with pytest.raises(DatasetError, match="exists already"):
+        store.create("faces")
+    with pytest.raises(DatasetError, match="cannot name a dataset"):
+        store.create("Bad Name")
+    with pytest.raises(DatasetError, match="at least two labels"):
+        store.create("one", ["real"])
+    with pytest.raises(DatasetError, match="cannot be a label"):
+        store.create("spaces", ["a b", "c"])
+    with pytest.raises(DatasetError, match="no dataset"):
+        store.get("missing")
+
+
+def test_files_are_stored_once_by_content_and_bad_ones_are_reported(store: DatasetStore) -> None:
+    store.create("d")
+    files = [
+        UploadedFile("a.png", image(1)),
+        UploadedFile("b.png", image(2)),
+        UploadedFile("copy-of-a.png", image(1)),
+        UploadedFile("notes.txt", b"not an image"),
+    ]
+    report = store.add_files("d", files, LabelRule(label="real"))
+    assert (report.added, report.duplicates, report.labelled) == (2, 1, 2)
+    assert [name for name, _ in report.rejected] == ["notes.txt"]
+    record = store.get("d")
+    assert [item.name for item in record.items] == ["a.png", "b.png"]
+    assert {item.label for item in record.items} == {"real"}
+    assert store.image_bytes("d", record.items[1].id) == image(2)
+    assert record.counts() == {"real": 2, "synthetic": 0, "unlabelled": 0}
+
+
+def test_a_folder_upload_takes_labels_from_folder_names(store: DatasetStore) -> None:
+    store.create("d")
+    files = [
+        UploadedFile("cifake/real/1.png", image(1)),
+        UploadedFile("cifake/synthetic/2.png", image(2)),
+        UploadedFile("loose.png", image(3)),
+    ]
+    store.add_files("d", files, LabelRule(from_folders=True))
+    labels = {item.name: item.label for item in store.get("d").items}
+    assert labels == {
+        "cifake/real/1.png": "real",
+        "cifake/synthetic/2.png": "synthetic",
+        "loose.png": None,
+    }
+
+
+def test_a_new_folder_name_becomes_a_label_and_an_unlabelled_copy_gains_one(
+    store: DatasetStore,
+) -> None:
+    store.create("d")
+    store.add_files("d", [UploadedFile("x.png", image(1))], LabelRule())
+    report = store.add_files(
+        "d", [UploadedFile("fake/x.png", image(1))], LabelRule(from_folders=True)
+    )
+    assert (report.added, report.duplicates, report.labelled) == (0, 1, 1)
+    record = store.get("d")
+    assert record.labels == ["real", "synthetic", "fake"]
+    assert [item.label for item in record.items] == ["fake"]
+
+
+def test_zip_and_tar_archives_add_their_images(store: DatasetStore) -> None:
+    store.create("d")
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("real/1.png", image(1))
+        archive.writestr("__MACOSX/real/._1.png", b"litter")
+        archive.writestr("synthetic/2.png", image(2))
+        archive.writestr("readme.txt", b"hello")
+    zipped.seek(0)
+    report = store.add_archive("d", "set.zip", zipped, LabelRule(from_folders=True))
+    assert (report.added, [n for n, _ in report.rejected]) == (2, ["readme.txt"])
+
+    tarred = io.BytesIO()
+    with tarfile.open(fileobj=tarred, mode="w:gz") as archive:
+        for name, data in [("unlabelled/3.png", image(3)), ("4.png", image(4))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    tarred.seek(0)
+    report = store.add_archive("d", "more.tgz", tarred, LabelRule())
+    assert report.added == 2
+    assert store.get("d").counts() == {"real": 1, "synthetic": 1, "unlabelled": 2}
+
+    with pytest.raises(DatasetError, match="neither a zip nor a tar"):
+        store.add_archive("d", "junk.tar", io.BytesIO(b"\x00junk" * 10), LabelRule())
+
+
+def test_an_s3_prefix_is_added_by_reference(store: DatasetStore, s3: MemoryStore) -> None:
+    s3.objects.update(
+        {
+            "s3://b/set/real/1.png": image(1),
+            "s3://b/set/synthetic/2.png": image(2),
+            "s3://b/set/labels.csv": b"uri,label",
+        }
+    )
+    store.create("d")
+    report = store.add_prefix("d", "s3://b/set", from_folders=True)
+    assert report.added == 2
+    record = store.get("d")
+    assert [(i.uri, i.label) for i in record.items] == [
+        ("s3://b/set/real/1.png", "real"),
+        ("s3://b/set/synthetic/2.png", "synthetic"),
+    ]
+    items = store.input_items(record, labelled=True)
+    assert [i.load() for i in items] == [image(1), image(2)]
+    with pytest.raises(DatasetError, match="s3://"):
+        store.add_prefix("d", "/etc", from_folders=False)
+
+
+def test_labels_are_set_and_cleared_only_with_known_labels_and_images(
+    store: DatasetStore,
+) -> None:
+    store.create("d")
+    store.add_files("d", [UploadedFile(f"{i}.png", image(i)) for i in range(3)], LabelRule())
+    ids = [item.id for item in store.get("d").items]
+    assert store.set_labels("d", ids[:2], "synthetic") == 2
+    assert store.set_labels("d", ids[:1], None) == 1
+    assert [item.label for item in store.get("d").items] == [None, "synthetic", None]
+    assert len(store.input_items(store.get("d"), labelled=False)) == 2
+    with pytest.raises(DatasetError, match="not a label"):
+        store.set_labels("d", ids, "cat")
+    with pytest.raises(DatasetError, match="no image"):
+        store.set_labels("d", ["nope"], "real")
