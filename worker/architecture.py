@@ -50,6 +50,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("review", ("worker.review",), "review views, HTML report and plots, evaluation metrics"),
     ("retrain", ("worker.retrain",), "a retrain run, retrain jobs, training/"),
     ("queue", ("worker.queue",), "Celery app and topology, tasks, ingest, dead letters, producer"),
+    (
+        "serve",
+        ("worker.serve",),
+        "`synthdetect serve`: invoke API, web console, auth, console database",
+    ),
     ("cli", ("worker.cli",), "the `synthdetect` command, one module per command group"),
 )
 """(layer, packages or modules in it, what it holds), lowest first."""

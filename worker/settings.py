@@ -329,6 +329,54 @@ class Settings(BaseSettings):
         description="Per-image results travel inside the callback body while it stays this small.",
     )
 
+    # --- serve: the console and the invoke API -------------------------------------------
+    serve_host: str = Field(
+        default="127.0.0.1", description="Address `synthdetect serve` listens on."
+    )
+    serve_port: int = Field(
+        default=8080, ge=1, le=65535, description="Port `synthdetect serve` listens on."
+    )
+    serve_data_dir: Path = Field(
+        default=Path("synthdetect-data"),
+        description="Folder of the console's SQLite database and uploaded datasets "
+        "(relative paths start at the working directory).",
+    )
+    serve_database_url: SecretStr | None = Field(
+        default=None,
+        description="Users, sessions, API keys, run history and dataset metadata: "
+        "postgresql://user:pass@host:5432/db, or sqlite:///path; unset = SQLite in "
+        "SYNTHDETECT_SERVE_DATA_DIR/synthdetect.db.",
+    )
+    serve_secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key that signs session cookies and CSRF tokens; unset = a random key "
+        "created once and kept in the database (shared by every replica on that database).",
+    )
+    serve_secure_cookies: bool = Field(
+        default=False,
+        description="Mark console cookies Secure (sent over HTTPS only); turn on behind TLS.",
+    )
+    serve_session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 90, description="A console login lasts this long."
+    )
+    serve_max_request_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Invoke requests with a larger body are refused with payload_too_large "
+        "(each image is also held to SYNTHDETECT_MAX_IMAGE_BYTES).",
+    )
+    serve_max_batch_images: int = Field(
+        default=16, ge=1, le=1024, description="Images one POST /v1/invoke/batch may carry."
+    )
+    serve_uri_allowlist: list[str] = Field(
+        default_factory=list,
+        description="Hosts, IPs or CIDR ranges an invoke URI may reach although they are "
+        'loopback, private or link-local, as JSON ["10.0.0.0/8"] (the callbacks\' SSRF guard).',
+    )
+    serve_fetch_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds an invoke URI fetch may take in all."
+    )
+
     def decode_thread_count(self) -> int:
         """Decode threads to start (resolves 0 = one per core)."""
         return self.decode_threads or (os.cpu_count() or 1)

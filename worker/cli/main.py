@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit-retrain": ("worker.cli.submit", "submit_retrain"),
     "train": ("worker.cli.retrain", "train"),
     "models": ("worker.cli.models", "models"),
+    "serve": ("worker.cli.serve", "serve"),
+    "users": ("worker.cli.serve", "users"),
+    "apikeys": ("worker.cli.serve", "apikeys"),
 }
 """Command name -> (module, attribute)."""
 

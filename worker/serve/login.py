@@ -1,0 +1,70 @@
+"""``/login`` and ``/logout``: the console's only public page and its way out."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from worker.logs import get_logger
+from worker.serve.auth import authenticate, end_session, start_session
+from worker.serve.pages import render
+from worker.serve.services import services_of
+
+log = get_logger(__name__)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login_submit, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+    ]
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after login: a path on this site only (no open redirect)."""
+    if not target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+async def login_page(request: Request) -> Response:
+    return render(request, "login.html", {"next": safe_next(request.query_params.get("next"))})
+
+
+async def login_submit(request: Request) -> Response:
+
+    services = services_of(request)
+    form = await request.form()
+    username = str(form.get("username", "")).strip()
+    password = str(form.get("password", ""))
+    target = safe_next(str(form.get("next", "")) or None)
+    # argon2 takes tens of ms on purpose: off the event loop.
+    user = await anyio.to_thread.run_sync(authenticate, services.store, username, password)
+    if user is None:
+        log.info("console_login_failed", username=username)
+        return render(
+            request,
+            "login.html",
+            {"next": target, "error": "Unknown user name or wrong password.", "username": username},
+            status_code=401,
+        )
+    response = RedirectResponse(target, status_code=303)
+    start_session(services.store, services.session_keys, user, response)
+    log.info("console_login", username=user.username)
+    return response
+
+
+async def logout(request: Request) -> Response:
+
+    services = services_of(request)
+    response = RedirectResponse("/login", status_code=303)
+    end_session(services.store, services.session_keys, request, response)
+    return response
