@@ -1,21 +1,22 @@
 """The console's datasets: images, labelled or not, kept where the rest of synthdetect keeps data.
 
-A dataset lives under one root, a folder or an ``s3://`` prefix, through ``worker.storage``::
+The images live under one root, a folder or an ``s3://`` prefix, through
+``worker.storage``; what the console knows about them (which images a dataset
+holds, their labels, their latest prediction) is in the console's database
+(``worker.serve.db``: SQLite, or PostgreSQL shared by every replica)::
 
-    <root>/<name>/dataset.json          the record: labels, and every item with its label
     <root>/<name>/images/<id><ext>      uploaded images, named by their content's sha256
+    datasets, dataset_items             metadata: labels ({"labels": [...], "model": ...}), rows
 
 Uploaded files, folders and the members of zip or tar archives are copied under
-``images/``; an image uploaded twice is stored once (its id is its content hash) and
+``images/``; an image uploaded twice is stored once (its key is its content hash) and
 a second upload may only add a label it lacked. Pointing at an S3 prefix copies
-nothing: its images are read from where they are. Labels are per image and optional,
-so a dataset can start unlabelled and be labelled in the console; training reads the
-labelled ones (``input_items``).
+nothing: its images are read from where they are (their key is their address under
+the prefix). Labels are per image and optional, so a dataset can start unlabelled
+and be labelled in the console; training reads the labelled ones (``input_items``).
 
 Bad input never stops an upload half way and is never silently dropped: every file
 that is not an image the limits allow is listed in the ``AddReport`` with the reason.
-The record is rewritten whole on each change (one atomic PUT); one process serves the
-console, and a lock per store serialises its writers.
 """
 
 from __future__ import annotations
@@ -23,71 +24,64 @@ from __future__ import annotations
 import hashlib
 import re
 import tarfile
-import threading
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
-from pydantic import BaseModel, Field, ValidationError
-
 from worker.classify.inputs import IMAGE_EXTENSIONS, InputItem, object_item
-from worker.errors import ImageFailure, ObjectNotFound, SynthdetectError
+from worker.errors import ImageFailure, SynthdetectError
 from worker.imaging import ImageLimits, decode_image_with_source
+from worker.serve.db import ConsoleStore, Dataset, DatasetItem, NewItem, StoreError
 from worker.storage import S3_SCHEME, Storage, join_uri
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9._\-]{0,63}$")
-"""Dataset names: also folder names and URL segments, so no slashes, spaces or capitals."""
+"""Dataset and model names: also folder names and URL segments (no slashes, spaces, capitals)."""
 LABEL_NAME = re.compile(r"^[^\s/\\]{1,64}$")
 """The wire format's ``Label`` rule: what a label may be anywhere in synthdetect."""
 DEFAULT_LABELS = ("real", "synthetic")
 MAX_ARCHIVE_MEMBERS = 100_000
 """Archive members read at most; beyond it the rest of the archive is reported, not read."""
-RECORD = "dataset.json"
+ALL = 10_000_000
+"""``items`` limit that means every image of a dataset."""
 
 
 class DatasetError(SynthdetectError):
     """A dataset request that cannot be done; the message says why, for the person asking."""
 
 
-class DatasetItem(BaseModel):
-    """One image of a dataset: where its bytes are, what it was called, its label if any."""
+@dataclass(frozen=True)
+class DatasetView:
+    """A dataset with what pages show of it: labels, model, counts per label."""
 
-    id: str
-    uri: str
-    name: str = Field(description="The file's name or relative path as uploaded, or its key.")
-    label: str | None = None
-    seq: int = Field(description="Order of arrival: higher is newer.")
+    dataset: Dataset
+    counts: dict[str, int]
+    """Images per label in label order, then ``unlabelled``."""
+
+    @property
+    def name(self) -> str:
+        return self.dataset.name
+
+    @property
+    def labels(self) -> list[str]:
+        return labels_of(self.dataset)
+
+    @property
+    def model(self) -> str:
+        return model_of(self.dataset)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
 
 
-class DatasetRecord(BaseModel):
-    """Everything ``dataset.json`` holds."""
+def labels_of(dataset: Dataset) -> list[str]:
+    return [str(label) for label in dataset.meta.get("labels", DEFAULT_LABELS)]
 
-    name: str
-    labels: list[str]
-    model: str = Field(description="The registry model this dataset trains, e.g. 'default'.")
-    created_at: datetime
-    next_seq: int = 0
-    items: list[DatasetItem] = Field(default_factory=list)
 
-    def counts(self) -> dict[str, int]:
-        """Images per label, plus ``unlabelled``, in the dataset's label order."""
-        counted = {label: 0 for label in self.labels}
-        unlabelled = 0
-        for item in self.items:
-            if item.label is None:
-                unlabelled += 1
-            else:
-                counted[item.label] = counted.get(item.label, 0) + 1
-        return {**counted, "unlabelled": unlabelled}
-
-    def item(self, item_id: str) -> DatasetItem:
-        for item in self.items:
-            if item.id == item_id:
-                return item
-        raise DatasetError(f"dataset {self.name!r} has no image {item_id!r}")
+def model_of(dataset: Dataset) -> str:
+    return str(dataset.meta.get("model", "default"))
 
 
 @dataclass(frozen=True)
@@ -134,202 +128,195 @@ class AddReport:
 
 
 class DatasetStore:
-    """Datasets under ``root``; every method is safe to call from several threads."""
+    """Datasets: metadata in ``store``, uploaded images under ``root``; thread-safe."""
 
-    def __init__(self, storage: Storage, root: str, limits: ImageLimits) -> None:
+    def __init__(
+        self, store: ConsoleStore, storage: Storage, root: str, limits: ImageLimits
+    ) -> None:
+        self.store = store
         self.storage = storage
         self.root = root.rstrip("/")
         self.limits = limits
-        self._lock = threading.RLock()
 
     # --- reading ----------------------------------------------------------------------
 
-    def names(self) -> list[str]:
-        """Every dataset's name, sorted."""
-        prefix = self.root + "/"
-        names = {
-            info.uri[len(prefix) :].split("/")[0]
-            for info in self.storage.list_objects(prefix)
-            if info.uri.endswith("/" + RECORD) and info.uri[len(prefix) :].count("/") == 1
-        }
-        return sorted(names)
+    def views(self) -> list[DatasetView]:
+        """Every dataset with its counts, newest first."""
+        return [self.view(d) for d in self.store.list_datasets()]
 
-    def get(self, name: str) -> DatasetRecord:
-        """The record of ``name``; ``DatasetError`` if there is none."""
-        _check_name(name)
-        try:
-            raw = self.storage.get_bytes(self._record_uri(name))
-        except ObjectNotFound as exc:
-            raise DatasetError(f"there is no dataset {name!r}") from exc
-        try:
-            return DatasetRecord.model_validate_json(raw)
-        except ValidationError as exc:
-            raise DatasetError(f"the record of dataset {name!r} is damaged: {exc}") from exc
+    def get(self, name: str) -> Dataset:
+        """The dataset called ``name``; ``DatasetError`` if there is none."""
+        for dataset in self.store.list_datasets():
+            if dataset.name == name:
+                return dataset
+        raise DatasetError(f"there is no dataset {name!r}")
 
-    def image_bytes(self, name: str, item_id: str) -> bytes:
+    def view(self, dataset: Dataset) -> DatasetView:
+        counted = self.store.count_items(dataset.id)
+        counts = {label: counted.get(label, 0) for label in labels_of(dataset)}
+        counts["unlabelled"] = counted.get(None, 0)
+        return DatasetView(dataset, counts)
+
+    def items(
+        self, dataset: Dataset, labelled: bool | None = None, order: str = "recent"
+    ) -> list[DatasetItem]:
+        """The dataset's images (``labelled`` True/False filters), newest first by default."""
+        return self.store.items(dataset.id, labelled=labelled, order=order, limit=ALL)
+
+    def item(self, dataset: Dataset, key: str) -> DatasetItem:
+        for item in self.items(dataset):
+            if item.key == key:
+                return item
+        raise DatasetError(f"dataset {dataset.name!r} has no image {key!r}")
+
+    def image_bytes(self, dataset: Dataset, key: str) -> bytes:
         """The stored bytes of one image (``StorageError`` when its store fails)."""
-        return self.storage.get_bytes(self.get(name).item(item_id).uri, self.limits.max_bytes)
+        return self.storage.get_bytes(self.item(dataset, key).uri, self.limits.max_bytes)
 
-    def input_items(self, record: DatasetRecord, labelled: bool | None = None) -> list[InputItem]:
-        """The dataset's images as pipeline items (``true_label`` = the image's label).
-
-        ``labelled`` True keeps labelled images (training), False unlabelled ones,
-        None all of them.
-        """
+    def input_items(self, dataset: Dataset, labelled: bool | None = None) -> list[InputItem]:
+        """The dataset's images as pipeline items (``true_label`` = the image's label),
+        oldest first; ``labelled`` True keeps labelled images (training)."""
         return [
             object_item(self.storage, item.uri, self.limits.max_bytes, item.label)
-            for item in record.items
-            if labelled is None or (item.label is not None) == labelled
+            for item in reversed(self.items(dataset, labelled))
         ]
 
     # --- writing ----------------------------------------------------------------------
 
     def create(
-        self, name: str, labels: Iterable[str] = DEFAULT_LABELS, model: str = "default"
-    ) -> DatasetRecord:
+        self,
+        name: str,
+        owner: str,
+        labels: Iterable[str] = DEFAULT_LABELS,
+        model: str = "default",
+    ) -> Dataset:
         """A new, empty dataset that trains ``model``; refuses a taken name or a bad label."""
-        _check_name(name)
-        if not DATASET_NAME.match(model):
-            raise DatasetError(f"{model!r} cannot name a model: lower-case letters, digits, ._-")
+        _check_name(name, "dataset")
+        _check_name(model, "model")
         wanted = _check_labels(labels)
-        with self._lock:
-            record = DatasetRecord(
-                name=name, labels=wanted, model=model, created_at=datetime.now(UTC)
+        try:
+            return self.store.add_dataset(
+                name, join_uri(self.root, name), owner, {"labels": wanted, "model": model}
             )
-            created = self.storage.put_if_absent(
-                self._record_uri(name), record.model_dump_json(indent=1).encode()
-            )
-            if not created:
-                raise DatasetError(f"a dataset named {name!r} exists already")
-            return record
+        except StoreError as exc:
+            raise DatasetError(f"a dataset named {name!r} exists already") from exc
 
-    def add_files(self, name: str, files: Iterable[UploadedFile], rule: LabelRule) -> AddReport:
+    def add_files(
+        self, name: str, files: Iterable[UploadedFile], rule: LabelRule, user: str
+    ) -> AddReport:
         """Add uploaded files (a folder upload is many files with relative names)."""
-        report = AddReport()
-        with self._lock:
-            record = self.get(name)
-            known = {item.id: item for item in record.items}
-            for upload in files:
-                self._add_one(record, known, upload, rule, report)
-            self._save(record)
-        return report
+        dataset = self.get(name)
+        batch = _Batch(dataset, self.items(dataset))
+        for upload in files:
+            self._add_upload(batch, upload, rule)
+        return self._commit(batch, user)
 
-    def add_archive(self, name: str, filename: str, stream: BinaryIO, rule: LabelRule) -> AddReport:
+    def add_archive(
+        self, name: str, filename: str, stream: BinaryIO, rule: LabelRule, user: str
+    ) -> AddReport:
         """Add the images inside a zip or tar (gzip, bzip2, xz) archive.
 
         Members are read one at a time, each at most ``max_image_bytes``; folders
         inside the archive give labels when ``rule.from_folders``.
         """
-        return self.add_files(name, _archive_members(filename, stream, self.limits), rule)
+        return self.add_files(name, _archive_members(filename, stream, self.limits), rule, user)
 
-    def add_prefix(self, name: str, prefix: str, from_folders: bool) -> AddReport:
+    def add_prefix(self, name: str, prefix: str, from_folders: bool, user: str) -> AddReport:
         """Add every image under an ``s3://`` prefix by reference (nothing is copied)."""
         if not prefix.startswith(S3_SCHEME):
             raise DatasetError(f"a prefix must be an s3:// address, not {prefix!r}")
         prefix = prefix.rstrip("/") + "/"
-        report = AddReport()
-        with self._lock:
-            record = self.get(name)
-            known = {item.id: item for item in record.items}
-            for info in self.storage.list_objects(prefix):
-                relative = info.uri[len(prefix) :]
-                if PurePosixPath(relative).suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                if info.size > self.limits.max_bytes:
-                    report.rejected.append((relative, f"{info.size} bytes, over the limit"))
-                    continue
-                label = LabelRule(from_folders=from_folders).label_for(relative)
-                item_id = "u" + hashlib.sha256(info.uri.encode()).hexdigest()[:20]
-                self._place(record, known, item_id, info.uri, relative, label, report)
-            self._save(record)
-        return report
+        dataset = self.get(name)
+        batch = _Batch(dataset, self.items(dataset))
+        rule = LabelRule(from_folders=from_folders)
+        for info in self.storage.list_objects(prefix):
+            relative = info.uri[len(prefix) :]
+            if PurePosixPath(relative).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if info.size > self.limits.max_bytes:
+                batch.report.rejected.append((relative, f"{info.size} bytes, over the limit"))
+                continue
+            batch.place(info.uri, info.uri, rule.label_for(relative), relative)
+        return self._commit(batch, user)
 
-    def set_labels(self, name: str, item_ids: Iterable[str], label: str | None) -> int:
+    def set_labels(self, name: str, keys: Iterable[str], label: str | None, user: str) -> int:
         """Give ``label`` (None: remove the label) to the listed images; returns how many."""
-        with self._lock:
-            record = self.get(name)
-            if label is not None and label not in record.labels:
-                raise DatasetError(
-                    f"{label!r} is not a label of {name!r} ({', '.join(record.labels)})"
-                )
-            wanted = set(item_ids)
-            changed = 0
-            for i, item in enumerate(record.items):
-                if item.id in wanted:
-                    wanted.discard(item.id)
-                    if item.label != label:
-                        record.items[i] = item.model_copy(update={"label": label})
-                        changed += 1
-            if wanted:
-                raise DatasetError(f"dataset {name!r} has no image {sorted(wanted)[0]!r}")
-            self._save(record)
-            return changed
+        dataset = self.get(name)
+        if label is not None and label not in labels_of(dataset):
+            raise DatasetError(
+                f"{label!r} is not a label of {name!r} ({', '.join(labels_of(dataset))})"
+            )
+        wanted: dict[str, str | None] = dict.fromkeys(keys, label)
+        changed = self.store.set_labels(dataset.id, wanted, user)
+        if changed != len(wanted):
+            known = {item.key for item in self.items(dataset)}
+            missing = sorted(set(wanted) - known)
+            if missing:
+                raise DatasetError(f"dataset {name!r} has no image {missing[0]!r}")
+        return changed
 
     # --- internals --------------------------------------------------------------------
 
-    def _add_one(
-        self,
-        record: DatasetRecord,
-        known: dict[str, DatasetItem],
-        upload: UploadedFile,
-        rule: LabelRule,
-        report: AddReport,
-    ) -> None:
+    def _add_upload(self, batch: _Batch, upload: UploadedFile, rule: LabelRule) -> None:
         if isinstance(upload, _Refused):
-            report.rejected.append((upload.name, upload.reason))
+            batch.report.rejected.append((upload.name, upload.reason))
             return
         try:
             _, source = decode_image_with_source(upload.data, self.limits)
         except ImageFailure as failure:
-            report.rejected.append((upload.name, failure.message))
+            batch.report.rejected.append((upload.name, failure.message))
             return
-        item_id = hashlib.sha256(upload.data).hexdigest()[:24]
-        ext = _EXTENSIONS.get(source.format, ".img")
-        uri = join_uri(self.root, record.name, "images", item_id + ext)
-        if item_id not in known:
-            self.storage.put_bytes(uri, upload.data)
-        self._place(record, known, item_id, uri, upload.name, rule.label_for(upload.name), report)
-
-    def _place(
-        self,
-        record: DatasetRecord,
-        known: dict[str, DatasetItem],
-        item_id: str,
-        uri: str,
-        name: str,
-        label: str | None,
-        report: AddReport,
-    ) -> None:
-        if label is not None and not LABEL_NAME.match(label):
-            report.rejected.append((name, f"{label!r} cannot be a label"))
-            return
-        if label is not None and label not in record.labels:
-            record.labels.append(label)
-        existing = known.get(item_id)
-        if existing is not None:
-            report.duplicates += 1
-            if existing.label is None and label is not None:
-                updated = existing.model_copy(update={"label": label})
-                record.items[record.items.index(existing)] = updated
-                known[item_id] = updated
-                report.labelled += 1
-            return
-        item = DatasetItem(id=item_id, uri=uri, name=name, label=label, seq=record.next_seq)
-        record.next_seq += 1
-        record.items.append(item)
-        known[item_id] = item
-        report.added += 1
-        report.labelled += label is not None
-
-    def _save(self, record: DatasetRecord) -> None:
-        self.storage.put_bytes(
-            self._record_uri(record.name),
-            record.model_dump_json(indent=1).encode(),
-            content_type="application/json",
+        key = hashlib.sha256(upload.data).hexdigest()[:24]
+        uri = join_uri(
+            self.root, batch.dataset.name, "images", key + _EXTENSIONS.get(source.format, ".img")
         )
+        if batch.place(key, uri, rule.label_for(upload.name), upload.name):
+            self.storage.put_bytes(uri, upload.data)
 
-    def _record_uri(self, name: str) -> str:
-        return join_uri(self.root, name, RECORD)
+    def _commit(self, batch: _Batch, user: str) -> AddReport:
+        if batch.new_labels:
+            meta = dict(batch.dataset.meta)
+            meta["labels"] = [*labels_of(batch.dataset), *batch.new_labels]
+            self.store.update_dataset_meta(batch.dataset.id, meta)
+        if batch.added:
+            self.store.add_items(batch.dataset.id, batch.added, labelled_by=user)
+        if batch.labelled:
+            self.store.set_labels(batch.dataset.id, batch.labelled, user)
+        return batch.report
+
+
+class _Batch:
+    """One upload's changes, collected before they are written in two statements."""
+
+    def __init__(self, dataset: Dataset, existing: list[DatasetItem]) -> None:
+        self.dataset = dataset
+        self.known: dict[str, str | None] = {item.key: item.label for item in existing}
+        self.labels = labels_of(dataset)
+        self.new_labels: list[str] = []
+        self.added: list[NewItem] = []
+        self.labelled: dict[str, str | None] = {}
+        self.report = AddReport()
+
+    def place(self, key: str, uri: str, label: str | None, name: str) -> bool:
+        """Count one image in; True if it is new (its bytes must be stored)."""
+        if label is not None and not LABEL_NAME.match(label):
+            self.report.rejected.append((name, f"{label!r} cannot be a label"))
+            return False
+        if label is not None and label not in self.labels:
+            self.labels.append(label)
+            self.new_labels.append(label)
+        if key in self.known:
+            self.report.duplicates += 1
+            if self.known[key] is None and label is not None:
+                self.known[key] = label
+                self.labelled[key] = label
+                self.report.labelled += 1
+            return False
+        self.known[key] = label
+        self.added.append(NewItem(key=key, uri=uri, label=label))
+        self.report.added += 1
+        self.report.labelled += label is not None
+        return True
 
 
 _EXTENSIONS = {
@@ -388,7 +375,7 @@ def _zip_members(filename: str, stream: BinaryIO, limits: ImageLimits) -> Iterat
 
 def _tar_members(filename: str, stream: BinaryIO, limits: ImageLimits) -> Iterator[UploadedFile]:
     try:
-        archive = tarfile.open(fileobj=stream, mode="r:*")
+        archive = tarfile.open(fileobj=stream, mode="r:*")  # noqa: SIM115 - closed by `with` below
     except (tarfile.TarError, OSError) as exc:
         raise DatasetError(f"{filename} is neither a zip nor a tar archive ({exc})") from exc
     with archive:
@@ -412,10 +399,10 @@ def _hidden(name: str) -> bool:
     return any(part.startswith((".", "__MACOSX")) for part in PurePosixPath(name).parts)
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, what: str) -> None:
     if not DATASET_NAME.match(name):
         raise DatasetError(
-            f"{name!r} cannot name a dataset: use 1-64 lower-case letters, digits, '.', '_' or '-'"
+            f"{name!r} cannot name a {what}: use 1-64 lower-case letters, digits, '.', '_' or '-'"
         )
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contracts import ImageResult, ModelId
-from worker.serve.datasets import DatasetItem, DatasetRecord
+from worker.serve.datasets import model_of
+from worker.serve.db import Dataset, DatasetItem
 from worker.serve.predictions import DatasetPredictions, uncertainty
 
 
@@ -40,23 +41,23 @@ class LabelQueue:
 
 
 def label_queue(
-    record: DatasetRecord,
+    dataset: Dataset,
+    unlabelled: list[DatasetItem],
     predictions: DatasetPredictions,
     default_model: str,
 ) -> LabelQueue:
-    """The unlabelled images of ``record``, most uncertain first."""
-    unlabelled = [item for item in record.items if item.label is None]
-    names = [record.model, default_model]
+    """``unlabelled`` (a dataset's images without a label), most uncertain first."""
+    names = [model_of(dataset), default_model]
     model = predictions.first_available(names) if unlabelled else None
     if model is None:
-        ordered = sorted(unlabelled, key=lambda item: -item.seq)
+        ordered = sorted(unlabelled, key=lambda item: (-item.added_at, item.key))
         return LabelQueue([QueueEntry(item, None) for item in ordered], None)
-    results = predictions.predict(model, unlabelled)
-    entries = [QueueEntry(item, results.get(item.id)) for item in unlabelled]
+    results = predictions.predict(dataset, model, unlabelled)
+    entries = [QueueEntry(item, results.get(item.key)) for item in unlabelled]
     entries.sort(key=_queue_order)
     return LabelQueue(entries, model)
 
 
-def _queue_order(entry: QueueEntry) -> tuple[float, int]:
+def _queue_order(entry: QueueEntry) -> tuple[float, float, str]:
     doubt = entry.uncertainty
-    return (-(doubt if doubt is not None else -1.0), -entry.item.seq)
+    return (-(doubt if doubt is not None else -1.0), -entry.item.added_at, entry.item.key)

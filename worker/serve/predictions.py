@@ -8,6 +8,10 @@ are kept in memory by (version, image id): a dataset's images never change their
 bytes (uploads are named by content; S3 references by address), so a kept
 prediction stays right until the alias moves, and then the new version scores
 afresh. Labels are joined at read time, never kept, so relabelling shows at once.
+
+Each fresh prediction is also written to the image's row in the console database
+(``set_predictions``), so after a restart, or on another replica, a version's
+predictions are read back instead of scored again.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from contracts import ImageResult, ModelId, ModelRef
+from worker.classify.inputs import object_item
 from worker.classify.pipeline import PipelineConfig, classify_items
 from worker.errors import ModelError, StorageError
 from worker.imaging import ImageLimits
-from worker.serve.datasets import DatasetItem
+from worker.serve.db import ConsoleStore, Dataset, DatasetItem
 from worker.settings import Settings
 from worker.storage import Storage
 
@@ -35,9 +42,15 @@ class DatasetPredictions:
     """Scores dataset images with the engine and keeps the results per model version."""
 
     def __init__(
-        self, engine: InferenceEngine, settings: Settings, storage: Storage, limits: ImageLimits
+        self,
+        engine: InferenceEngine,
+        settings: Settings,
+        storage: Storage,
+        limits: ImageLimits,
+        store: ConsoleStore,
     ) -> None:
         self.engine = engine
+        self.store = store
         self.storage = storage
         self.limits = limits
         self.config = PipelineConfig.from_settings(settings)
@@ -57,26 +70,44 @@ class DatasetPredictions:
                 continue
         return None
 
-    def predict(self, model: ModelId, items: Sequence[DatasetItem]) -> dict[str, ImageResult]:
-        """Each item's result by item id, ``true_label`` set from the item's label now."""
+    def predict(
+        self, dataset: Dataset, model: ModelId, items: Sequence[DatasetItem]
+    ) -> dict[str, ImageResult]:
+        """Each item's result by item key, ``true_label`` set from the item's label now."""
         with self._lock:
             kept = self._kept.setdefault(model, {})
-            missing = [item for item in items if item.id not in kept]
+            for item in items:
+                if item.key not in kept and item.prediction:
+                    stored = _stored(item.prediction, model)
+                    if stored is not None:
+                        kept[item.key] = stored
+            missing = [item for item in items if item.key not in kept]
         if missing:
-            from worker.classify.inputs import object_item
-
             inputs = [object_item(self.storage, i.uri, self.limits.max_bytes) for i in missing]
             ref = ModelRef(name=model.name, version=model.version)
             scored = classify_items(inputs, self.engine, ref, self.limits, self.config)
-            fresh = {item.id: result for item, result in zip(missing, scored, strict=True)}
+            fresh = {item.key: result for item, result in zip(missing, scored, strict=True)}
+            self.store.set_predictions(
+                dataset.id,
+                {key: r.model_dump(mode="json") for key, r in fresh.items()},
+            )
             with self._lock:
                 kept = self._kept.setdefault(model, {})
                 kept.update(fresh)
                 while len(self._kept) > MAX_KEPT_VERSIONS:
                     del self._kept[next(iter(self._kept))]
         return {
-            item.id: _with_label(kept[item.id], item.label) for item in items if item.id in kept
+            item.key: _with_label(kept[item.key], item.label) for item in items if item.key in kept
         }
+
+
+def _stored(prediction: dict[str, object], model: ModelId) -> ImageResult | None:
+    """A stored prediction, if it is ``model``'s (an older version's is not used)."""
+    try:
+        result = ImageResult.from_json_value(prediction)
+    except (ValidationError, TypeError):
+        return None
+    return result if result.model == model else None
 
 
 def _with_label(result: ImageResult, label: str | None) -> ImageResult:

@@ -9,30 +9,34 @@ server-sent events. When it ends, the run record gets the ``RetrainSummary``
 predictions the run stored next to its card: the confusion matrix and the
 reliability diagram (``worker.review.metrics`` and ``plots``, as in the report).
 
-Records are JSON under ``<root>/<run id>/run.json``, written when a run starts and
-when it ends, so finished runs outlive the process. A run that was in flight when
-the process stopped is reported as failed (``interrupted``) by the next one.
+Records are rows of the console database's ``runs`` table (kind ``training``):
+``params`` as started, ``progress`` the events so far (written with each one),
+``result`` the summary and the names of the figures, which are PNG files under
+``<root>/<run id>/``. A run that was in flight when its process stopped is
+reported as failed (``interrupted``) by the next process on that host.
 
-One run at a time: training takes every core this machine has, and a second run
-would only make both slower (and both compete with invoke traffic).
+One run per process at a time: training takes every core the machine has, and a
+second run would only make both slower (and both compete with invoke traffic).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from contracts import Budget, ModelId, PromotionPolicy, RetrainSummary
-from worker.errors import ObjectNotFound, StorageError, SynthdetectError
+from worker.errors import StorageError, SynthdetectError
 from worker.inference.registry import ModelRegistry
 from worker.logs import get_logger
-from worker.serve.datasets import DatasetError, DatasetRecord, DatasetStore
+from worker.serve.datasets import DatasetError, DatasetStore, model_of
+from worker.serve.db import ConsoleStore, Dataset, Run
 from worker.settings import Settings
 from worker.storage import Storage, join_uri
 
@@ -45,6 +49,7 @@ MIN_BUDGET_S = 10.0
 MAX_BUDGET_S = 6 * 3600.0
 FIGURES = ("confusion.png", "reliability.png")
 
+KIND = "training"
 RunStatus = Literal["running", "succeeded", "failed"]
 
 
@@ -59,6 +64,7 @@ class RunRecord(BaseModel):
     """A training run as the console shows it."""
 
     id: str
+    owner: str
     dataset: str
     model: str
     budget_s: float
@@ -78,6 +84,48 @@ class RunRecord(BaseModel):
     def finished(self) -> bool:
         return self.status != "running"
 
+    def params(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "budget_s": self.budget_s,
+            "folds": self.folds,
+            "promotion": self.promotion,
+            "counts": self.counts,
+            "process": _PROCESS,
+        }
+
+    @classmethod
+    def from_row(cls, run: Run) -> RunRecord:
+        params, result = run.params, run.result
+        return cls(
+            id=run.id,
+            owner=run.owner,
+            dataset=params["dataset"],
+            model=params["model"],
+            budget_s=params["budget_s"],
+            folds=params["folds"],
+            promotion=params["promotion"],
+            counts=params.get("counts", {}),
+            started_at=datetime.fromtimestamp(run.created_at, UTC),
+            status=_STATUSES.get(run.status, "failed"),
+            events=[RunEvent.model_validate(e) for e in run.progress.get("events", [])],
+            summary=RetrainSummary.from_json_value(result["summary"])
+            if result.get("summary")
+            else None,
+            error=run.error,
+            figures=result.get("figures", []),
+        )
+
+
+_STATUSES: dict[str, RunStatus] = {
+    "running": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+}
+_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+"""Which process runs a run: a later process on the same host knows it was interrupted."""
+
 
 RetrainFunction = Callable[..., RetrainSummary]
 
@@ -88,6 +136,7 @@ class TrainingRuns:
     def __init__(
         self,
         settings: Settings,
+        store: ConsoleStore,
         storage: Storage,
         registry: ModelRegistry,
         datasets: DatasetStore,
@@ -95,6 +144,7 @@ class TrainingRuns:
         retrain: RetrainFunction | None = None,
     ) -> None:
         self.settings = settings
+        self.store = store
         self.storage = storage
         self.registry = registry
         self.datasets = datasets
@@ -109,15 +159,16 @@ class TrainingRuns:
 
     def start(
         self,
-        dataset: str,
+        dataset_name: str,
+        owner: str,
         budget_s: float,
         folds: int = 5,
         promotion: str = "if_not_worse",
         seed: int = 0,
     ) -> RunRecord:
-        """Start a run on ``dataset``'s labelled images; refuses while another one runs."""
-        record = self.datasets.get(dataset)
-        counts = _labelled_counts(record)
+        """Start a run on a dataset's labelled images; refuses while another one runs."""
+        dataset = self.datasets.get(dataset_name)
+        counts = _labelled_counts(self.datasets, dataset)
         used = {label: n for label, n in counts.items() if n}
         short = [f"{label} has {n}" for label, n in used.items() if n < MIN_PER_LABEL]
         if len(used) < 2:
@@ -130,34 +181,38 @@ class TrainingRuns:
             raise DatasetError(f"the budget must be {MIN_BUDGET_S:.0f} s to {MAX_BUDGET_S:.0f} s")
         if not 2 <= folds <= 10:
             raise DatasetError("folds must be 2 to 10")
+        if promotion not in ("if_not_worse", "always", "never"):
+            raise DatasetError(f"unknown promotion policy {promotion!r}")
         policy = PromotionPolicy.model_validate({"mode": promotion})
         with self._changed:
             if self._thread is not None and self._thread.is_alive():
                 raise DatasetError("a training run is in progress: wait for it to finish")
-            run = RunRecord(
-                id=datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6],
-                dataset=dataset,
-                model=record.model,
+            draft = RunRecord(
+                id="-",
+                owner=owner,
+                dataset=dataset.name,
+                model=model_of(dataset),
                 budget_s=budget_s,
                 folds=folds,
                 promotion=policy.mode,
                 started_at=datetime.now(UTC),
-                counts=counts,
+                counts=used,
+            )
+            row = self.store.add_run(KIND, owner, draft.params(), status="running")
+            run = draft.model_copy(
+                update={"id": row.id, "started_at": datetime.fromtimestamp(row.created_at, UTC)}
             )
             self._live[run.id] = run
-            self._save(run)
             self._thread = threading.Thread(
                 target=self._run,
-                args=(run, record, policy, seed),
-                name=f"training-{run.id}",
+                args=(run, dataset, policy, seed),
+                name=f"training-{run.id[:8]}",
                 daemon=True,
             )
             self._thread.start()
-        return run
+        return run.model_copy(deep=True)
 
-    def _run(
-        self, run: RunRecord, record: DatasetRecord, policy: PromotionPolicy, seed: int
-    ) -> None:
+    def _run(self, run: RunRecord, dataset: Dataset, policy: PromotionPolicy, seed: int) -> None:
         from worker.retrain.run import RetrainRequest, run_retrain
 
         started = time.monotonic()
@@ -166,9 +221,9 @@ class TrainingRuns:
             self._event(run, RunEvent(t=round(time.monotonic() - started, 1), message=message))
 
         request = RetrainRequest(
-            model=record.model,
-            source=f"console dataset {record.name}",
-            items=lambda: self.datasets.input_items(record, labelled=True),
+            model=run.model,
+            source=f"console dataset {dataset.name}",
+            items=lambda: self.datasets.input_items(dataset, labelled=True),
             budget=Budget(seconds=run.budget_s),
             folds=run.folds,
             promotion=policy,
@@ -176,10 +231,10 @@ class TrainingRuns:
             job_id=f"console-{run.id}",
         )
         retrain = self._retrain or run_retrain
-        progress(f"training {record.model} on {sum(run.counts.values())} labelled images")
+        progress(f"training {run.model} on {sum(run.counts.values())} labelled images")
         try:
             summary = retrain(request, self.settings, self.storage, self.registry, progress)
-        except Exception as exc:  # noqa: BLE001 - whatever stops a run is that run's result
+        except Exception as exc:
             log.exception("console_training_failed", run=run.id)
             self._finish(run, "failed", error=str(exc))
             return
@@ -217,27 +272,19 @@ class TrainingRuns:
             live = self._live.get(run_id)
             if live is not None:
                 return live.model_copy(deep=True)
-        if not _RUN_ID_CHARS.issuperset(run_id):
+        row = self.store.run(run_id)
+        if row is None or row.kind != KIND:
             raise DatasetError(f"there is no training run {run_id!r}")
-        try:
-            return RunRecord.model_validate_json(self.storage.get_bytes(self._uri(run_id)))
-        except (ObjectNotFound, ValidationError) as exc:
-            raise DatasetError(f"there is no training run {run_id!r}") from exc
+        return RunRecord.from_row(row)
 
-    def list(self, dataset: str | None = None) -> list[RunRecord]:
-        """Every stored run (of ``dataset``), newest first."""
-        runs: list[RunRecord] = []
-        prefix = self.root + "/"
-        for info in self.storage.list_objects(prefix):
-            if info.uri.endswith("/run.json"):
-                run_id = info.uri[len(prefix) :].split("/")[0]
-                try:
-                    run = self.get(run_id)
-                except DatasetError:
-                    continue
-                if dataset is None or run.dataset == dataset:
-                    runs.append(run)
-        return sorted(runs, key=lambda r: r.started_at, reverse=True)
+    def history(self, dataset: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """Stored runs (of ``dataset``), newest first."""
+        runs = []
+        for row in self.store.list_runs(KIND, limit=limit):
+            run = self.get(row.id)
+            if dataset is None or run.dataset == dataset:
+                runs.append(run)
+        return runs
 
     def running(self) -> RunRecord | None:
         """The run in progress, if any."""
@@ -253,16 +300,20 @@ class TrainingRuns:
         """Events from index ``since`` on, waiting up to ``timeout_s`` for the first new one.
 
         Returns at once when there are new events or the run has finished; the
-        status tells a watcher when to stop.
+        status tells a watcher when to stop. A run of another process (a replica)
+        is read from the database after at most a second's wait.
         """
         with self._changed:
-            self._changed.wait_for(
-                lambda: self._has_news(run_id, since), timeout=max(timeout_s, 0.0)
-            )
-            live = self._live.get(run_id)
-            if live is not None:
+            if run_id in self._live:
+                self._changed.wait_for(
+                    lambda: self._has_news(run_id, since), timeout=max(timeout_s, 0.0)
+                )
+                live = self._live[run_id]
                 return list(live.events[since:]), live.status
         stored = self.get(run_id)
+        if not stored.finished and len(stored.events) <= since:
+            time.sleep(min(timeout_s, 1.0))
+            stored = self.get(run_id)
         return stored.events[since:], stored.status
 
     def figure(self, run_id: str, name: str) -> bytes:
@@ -284,13 +335,18 @@ class TrainingRuns:
     # --- internals -------------------------------------------------------------------
 
     def _has_news(self, run_id: str, since: int) -> bool:
-        live = self._live.get(run_id)
-        return live is None or live.finished or len(live.events) > since
+        live = self._live[run_id]
+        return live.finished or len(live.events) > since
 
     def _event(self, run: RunRecord, event: RunEvent) -> None:
         with self._changed:
             run.events.append(event)
             self._changed.notify_all()
+            events = [e.model_dump() for e in run.events]
+        try:
+            self.store.update_run(run.id, progress={"events": events})
+        except Exception:
+            log.warning("training_progress_not_stored", run=run.id, exc_info=True)
 
     def _finish(
         self,
@@ -306,33 +362,36 @@ class TrainingRuns:
             run.figures = figures or []
             if error is not None:
                 run.events.append(RunEvent(t=run.events[-1].t if run.events else 0, message=error))
+            self.store.update_run(
+                run.id,
+                status=status,
+                progress={"events": [e.model_dump() for e in run.events]},
+                result={
+                    "summary": summary.model_dump(mode="json") if summary else None,
+                    "figures": run.figures,
+                },
+                error=error,
+            )
             run.status = status
-            self._save(run)
             self._changed.notify_all()
 
-    def _save(self, run: RunRecord) -> None:
-        self.storage.put_bytes(
-            self._uri(run.id), run.model_dump_json(indent=1).encode(), "application/json"
-        )
-
-    def _uri(self, run_id: str, name: str = "run.json") -> str:
+    def _uri(self, run_id: str, name: str) -> str:
         return join_uri(self.root, run_id, name)
 
     def _mark_interrupted(self) -> None:
-        """Runs stored as running belonged to a process that stopped: say so."""
-        for run in self.list():
-            if run.status == "running":
-                run.status = "failed"
-                run.error = "interrupted: the console stopped while this run was training"
-                self._save(run)
+        """Runs of an earlier process on this host that still say running: it stopped."""
+        host = _PROCESS.split(":")[0]
+        for row in self.store.list_runs(KIND, limit=1000):
+            process = str(row.params.get("process", ""))
+            if row.status == "running" and process.split(":")[0] == host and process != _PROCESS:
+                self.store.update_run(
+                    row.id,
+                    status="failed",
+                    error="interrupted: the console stopped while this run was training",
+                )
 
 
-_RUN_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-")
-
-
-def _labelled_counts(record: DatasetRecord) -> dict[str, int]:
-    counts = {label: 0 for label in record.labels}
-    for item in record.items:
-        if item.label is not None:
-            counts[item.label] = counts.get(item.label, 0) + 1
+def _labelled_counts(datasets: DatasetStore, dataset: Dataset) -> dict[str, int]:
+    counts = datasets.view(dataset).counts
+    counts.pop("unlabelled", None)
     return counts

@@ -14,6 +14,7 @@ from tests.support.memory_store import MemoryStore
 from tests.support.toy_images import png_bytes
 from worker.imaging import ImageLimits
 from worker.serve.datasets import DatasetError, DatasetStore, LabelRule, UploadedFile
+from worker.serve.db import SqliteStore
 from worker.settings import Settings
 from worker.storage import Storage
 
@@ -32,75 +33,83 @@ def s3() -> MemoryStore:
 
 @pytest.fixture
 def store(tmp_path: Path, s3: MemoryStore) -> DatasetStore:
-    return DatasetStore(Storage(lambda: s3), str(tmp_path / "datasets"), LIMITS)
+    records = SqliteStore(":memory:")
+    records.create_schema()
+    return DatasetStore(records, Storage(lambda: s3), str(tmp_path / "datasets"), LIMITS)
+
+
+def labels(store: DatasetStore, name: str) -> list[str | None]:
+    """Labels of the dataset's images in upload order."""
+    return [item.label for item in reversed(store.items(store.get(name)))]
 
 
 def test_create_lists_and_refuses_a_taken_or_bad_name(store: DatasetStore) -> None:
-    record = store.create("faces", ["real", "synthetic"])
-    assert record.labels == ["real", "synthetic"]
-    assert store.names() == ["faces"]
+    created = store.create("faces", "ann", ["real", "synthetic"], model="faces-model")
+    view = store.views()[0]
+    assert (view.name, view.labels, view.model) == ("faces", ["real", "synthetic"], "faces-model")
+    assert view.counts == {"real": 0, "synthetic": 0, "unlabelled": 0}
+    assert store.get("faces") == created
     with pytest.raises(DatasetError, match="exists already"):
-        store.create("faces")
+        store.create("faces", "ann")
     with pytest.raises(DatasetError, match="cannot name a dataset"):
-        store.create("Bad Name")
+        store.create("Bad Name", "ann")
+    with pytest.raises(DatasetError, match="cannot name a model"):
+        store.create("ok", "ann", model="../x")
     with pytest.raises(DatasetError, match="at least two labels"):
-        store.create("one", ["real"])
+        store.create("one", "ann", ["real"])
     with pytest.raises(DatasetError, match="cannot be a label"):
-        store.create("spaces", ["a b", "c"])
+        store.create("spaces", "ann", ["a b", "c"])
     with pytest.raises(DatasetError, match="no dataset"):
         store.get("missing")
 
 
 def test_files_are_stored_once_by_content_and_bad_ones_are_reported(store: DatasetStore) -> None:
-    store.create("d")
+    store.create("d", "ann")
     files = [
         UploadedFile("a.png", image(1)),
         UploadedFile("b.png", image(2)),
         UploadedFile("copy-of-a.png", image(1)),
         UploadedFile("notes.txt", b"not an image"),
     ]
-    report = store.add_files("d", files, LabelRule(label="real"))
+    report = store.add_files("d", files, LabelRule(label="real"), "ann")
     assert (report.added, report.duplicates, report.labelled) == (2, 1, 2)
     assert [name for name, _ in report.rejected] == ["notes.txt"]
-    record = store.get("d")
-    assert [item.name for item in record.items] == ["a.png", "b.png"]
-    assert {item.label for item in record.items} == {"real"}
-    assert store.image_bytes("d", record.items[1].id) == image(2)
-    assert record.counts() == {"real": 2, "synthetic": 0, "unlabelled": 0}
+    dataset = store.get("d")
+    items = store.items(dataset)
+    assert len(items) == 2
+    assert {item.label for item in items} == {"real"}
+    assert {item.labelled_by for item in items} == {"ann"}
+    assert {store.image_bytes(dataset, item.key) for item in items} == {image(1), image(2)}
+    assert store.view(dataset).counts == {"real": 2, "synthetic": 0, "unlabelled": 0}
 
 
 def test_a_folder_upload_takes_labels_from_folder_names(store: DatasetStore) -> None:
-    store.create("d")
+    store.create("d", "ann")
     files = [
         UploadedFile("cifake/real/1.png", image(1)),
         UploadedFile("cifake/synthetic/2.png", image(2)),
         UploadedFile("loose.png", image(3)),
     ]
-    store.add_files("d", files, LabelRule(from_folders=True))
-    labels = {item.name: item.label for item in store.get("d").items}
-    assert labels == {
-        "cifake/real/1.png": "real",
-        "cifake/synthetic/2.png": "synthetic",
-        "loose.png": None,
-    }
+    store.add_files("d", files, LabelRule(from_folders=True), "ann")
+    assert store.view(store.get("d")).counts == {"real": 1, "synthetic": 1, "unlabelled": 1}
 
 
 def test_a_new_folder_name_becomes_a_label_and_an_unlabelled_copy_gains_one(
     store: DatasetStore,
 ) -> None:
-    store.create("d")
-    store.add_files("d", [UploadedFile("x.png", image(1))], LabelRule())
+    store.create("d", "ann")
+    store.add_files("d", [UploadedFile("x.png", image(1))], LabelRule(), "ann")
     report = store.add_files(
-        "d", [UploadedFile("fake/x.png", image(1))], LabelRule(from_folders=True)
+        "d", [UploadedFile("fake/x.png", image(1))], LabelRule(from_folders=True), "bob"
     )
     assert (report.added, report.duplicates, report.labelled) == (0, 1, 1)
-    record = store.get("d")
-    assert record.labels == ["real", "synthetic", "fake"]
-    assert [item.label for item in record.items] == ["fake"]
+    view = store.view(store.get("d"))
+    assert view.labels == ["real", "synthetic", "fake"]
+    assert labels(store, "d") == ["fake"]
 
 
 def test_zip_and_tar_archives_add_their_images(store: DatasetStore) -> None:
-    store.create("d")
+    store.create("d", "ann")
     zipped = io.BytesIO()
     with zipfile.ZipFile(zipped, "w") as archive:
         archive.writestr("real/1.png", image(1))
@@ -108,7 +117,7 @@ def test_zip_and_tar_archives_add_their_images(store: DatasetStore) -> None:
         archive.writestr("synthetic/2.png", image(2))
         archive.writestr("readme.txt", b"hello")
     zipped.seek(0)
-    report = store.add_archive("d", "set.zip", zipped, LabelRule(from_folders=True))
+    report = store.add_archive("d", "set.zip", zipped, LabelRule(from_folders=True), "ann")
     assert (report.added, [n for n, _ in report.rejected]) == (2, ["readme.txt"])
 
     tarred = io.BytesIO()
@@ -118,12 +127,12 @@ def test_zip_and_tar_archives_add_their_images(store: DatasetStore) -> None:
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     tarred.seek(0)
-    report = store.add_archive("d", "more.tgz", tarred, LabelRule())
+    report = store.add_archive("d", "more.tgz", tarred, LabelRule(), "ann")
     assert report.added == 2
-    assert store.get("d").counts() == {"real": 1, "synthetic": 1, "unlabelled": 2}
+    assert store.view(store.get("d")).counts == {"real": 1, "synthetic": 1, "unlabelled": 2}
 
     with pytest.raises(DatasetError, match="neither a zip nor a tar"):
-        store.add_archive("d", "junk.tar", io.BytesIO(b"\x00junk" * 10), LabelRule())
+        store.add_archive("d", "junk.tar", io.BytesIO(b"\x00junk" * 10), LabelRule(), "ann")
 
 
 def test_an_s3_prefix_is_added_by_reference(store: DatasetStore, s3: MemoryStore) -> None:
@@ -134,31 +143,32 @@ def test_an_s3_prefix_is_added_by_reference(store: DatasetStore, s3: MemoryStore
             "s3://b/set/labels.csv": b"uri,label",
         }
     )
-    store.create("d")
-    report = store.add_prefix("d", "s3://b/set", from_folders=True)
+    store.create("d", "ann")
+    report = store.add_prefix("d", "s3://b/set", from_folders=True, user="ann")
     assert report.added == 2
-    record = store.get("d")
-    assert [(i.uri, i.label) for i in record.items] == [
+    dataset = store.get("d")
+    assert sorted((i.uri, i.label) for i in store.items(dataset)) == [
         ("s3://b/set/real/1.png", "real"),
         ("s3://b/set/synthetic/2.png", "synthetic"),
     ]
-    items = store.input_items(record, labelled=True)
-    assert [i.load() for i in items] == [image(1), image(2)]
+    items = store.input_items(dataset, labelled=True)
+    assert sorted(i.load() for i in items) == sorted([image(1), image(2)])
+    assert not any(uri.startswith(store.root) for uri in s3.objects)  # nothing copied
     with pytest.raises(DatasetError, match="s3://"):
-        store.add_prefix("d", "/etc", from_folders=False)
+        store.add_prefix("d", "/etc", from_folders=False, user="ann")
 
 
 def test_labels_are_set_and_cleared_only_with_known_labels_and_images(
     store: DatasetStore,
 ) -> None:
-    store.create("d")
-    store.add_files("d", [UploadedFile(f"{i}.png", image(i)) for i in range(3)], LabelRule())
-    ids = [item.id for item in store.get("d").items]
-    assert store.set_labels("d", ids[:2], "synthetic") == 2
-    assert store.set_labels("d", ids[:1], None) == 1
-    assert [item.label for item in store.get("d").items] == [None, "synthetic", None]
+    store.create("d", "ann")
+    store.add_files("d", [UploadedFile(f"{i}.png", image(i)) for i in range(3)], LabelRule(), "ann")
+    keys = [item.key for item in reversed(store.items(store.get("d")))]
+    assert store.set_labels("d", keys[:2], "synthetic", "bob") == 2
+    assert store.set_labels("d", keys[:1], None, "bob") == 1
+    assert sorted(labels(store, "d"), key=str) == sorted([None, "synthetic", None], key=str)
     assert len(store.input_items(store.get("d"), labelled=False)) == 2
     with pytest.raises(DatasetError, match="not a label"):
-        store.set_labels("d", ids, "cat")
+        store.set_labels("d", keys, "cat", "bob")
     with pytest.raises(DatasetError, match="no image"):
-        store.set_labels("d", ["nope"], "real")
+        store.set_labels("d", ["nope"], "real", "bob")

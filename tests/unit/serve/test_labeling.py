@@ -16,6 +16,7 @@ from worker.imaging import ImageLimits
 from worker.inference.engine import InferenceEngine
 from worker.inference.registry import AliasRecord, ModelRegistry
 from worker.serve.datasets import DatasetStore, LabelRule, UploadedFile
+from worker.serve.db import SqliteStore
 from worker.serve.labeling import label_queue
 from worker.serve.predictions import DatasetPredictions, uncertainty
 from worker.settings import Settings
@@ -43,7 +44,15 @@ def engine(settings: Settings) -> Iterator[InferenceEngine]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> DatasetStore:
-    return DatasetStore(Storage(MemoryStore), str(tmp_path), LIMITS)
+    records = SqliteStore(":memory:")
+    records.create_schema()
+    return DatasetStore(records, Storage(MemoryStore), str(tmp_path), LIMITS)
+
+
+def predictions_for(
+    store: DatasetStore, engine: InferenceEngine, settings: Settings
+) -> DatasetPredictions:
+    return DatasetPredictions(engine, settings, store.storage, LIMITS, store.store)
 
 
 def images(n: int) -> list[UploadedFile]:
@@ -72,20 +81,26 @@ def test_uncertainty_is_one_minus_the_top_two_margin() -> None:
 def test_the_queue_holds_unlabelled_images_least_certain_first(
     store: DatasetStore, engine: InferenceEngine, settings: Settings
 ) -> None:
-    store.create("d", model="tiny")
-    store.add_files("d", images(12), LabelRule())
-    record = store.get("d")
-    store.set_labels("d", [record.items[0].id, record.items[1].id], "real")
-    predictions = DatasetPredictions(engine, settings, store.storage, LIMITS)
+    store.create("d", "ann", model="tiny")
+    store.add_files("d", images(12), LabelRule(), "ann")
+    dataset = store.get("d")
+    labelled = [item.key for item in store.items(dataset)[:2]]
+    store.set_labels("d", labelled, "real", "ann")
 
-    queue = label_queue(store.get("d"), predictions, default_model="default")
+    queue = label_queue(
+        dataset,
+        store.items(dataset, labelled=False),
+        predictions_for(store, engine, settings),
+        default_model="default",
+    )
 
     assert queue.model is not None
     assert (queue.model.name, queue.model.version) == ("tiny", "1")
     assert len(queue) == 10
-    assert {e.item.id for e in queue.entries}.isdisjoint({record.items[0].id, record.items[1].id})
-    doubts = [e.uncertainty for e in queue.entries]
-    assert doubts == sorted(doubts, reverse=True)  # type: ignore[type-var]
+    assert {e.item.key for e in queue.entries}.isdisjoint(labelled)
+    doubts = [e.uncertainty or 0.0 for e in queue.entries]
+    assert doubts == sorted(doubts, reverse=True)
+    assert len(set(doubts)) > 1
     assert all(e.result is not None and e.result.label is not None for e in queue.entries)
 
 
@@ -95,30 +110,42 @@ def test_predictions_are_kept_per_version_and_labels_join_at_read_time(
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    store.create("d", model="tiny")
-    store.add_files("d", images(3), LabelRule())
-    predictions = DatasetPredictions(engine, settings, store.storage, LIMITS)
+    store.create("d", "ann", model="tiny")
+    store.add_files("d", images(3), LabelRule(), "ann")
+    dataset = store.get("d")
+    predictions = predictions_for(store, engine, settings)
     model = predictions.resolve(ModelRef(name="tiny"))
-    first = predictions.predict(model, store.get("d").items)
-    item = store.get("d").items[0]
-    store.set_labels("d", [item.id], "synthetic")
+    first = predictions.predict(dataset, model, store.items(dataset))
+    key = store.items(dataset)[0].key
+    store.set_labels("d", [key], "synthetic", "ann")
 
     def no_second_scoring(*args: object) -> None:
         raise AssertionError("kept predictions were scored again")
 
     monkeypatch.setattr("worker.serve.predictions.classify_items", no_second_scoring)
-    again = predictions.predict(model, store.get("d").items)
-    assert again[item.id].true_label == "synthetic"
-    assert again[item.id].scores == first[item.id].scores
-    assert first[item.id].true_label is None
+    again = predictions.predict(dataset, model, store.items(dataset))
+    assert again[key].true_label == "synthetic"
+    assert again[key].scores == first[key].scores
+    assert first[key].true_label is None
+    # a new process (or replica) reads them back from the database
+    restarted = predictions_for(store, engine, settings)
+    assert restarted.predict(dataset, model, store.items(dataset))[key].scores == first[key].scores
 
 
 def test_without_any_model_the_queue_is_newest_first(
     store: DatasetStore, engine: InferenceEngine, settings: Settings
 ) -> None:
-    store.create("d", model="never-trained")
-    store.add_files("d", images(3), LabelRule())
-    predictions = DatasetPredictions(engine, settings, store.storage, LIMITS)
-    queue = label_queue(store.get("d"), predictions, default_model="also-missing")
+    store.create("d", "ann", model="never-trained")
+    for upload in images(3):
+        store.add_files("d", [upload], LabelRule(), "ann")
+    dataset = store.get("d")
+    queue = label_queue(
+        dataset,
+        store.items(dataset, labelled=False),
+        predictions_for(store, engine, settings),
+        default_model="also-missing",
+    )
     assert queue.model is None
-    assert [e.item.seq for e in queue.entries] == [2, 1, 0]
+    added = [e.item.added_at for e in queue.entries]
+    assert added == sorted(added, reverse=True)
+    assert len(queue) == 3

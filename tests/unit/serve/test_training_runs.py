@@ -21,7 +21,9 @@ from tests.support.toy_images import png_bytes
 from worker.imaging import ImageLimits
 from worker.inference.registry import ModelRegistry
 from worker.retrain.run import HELDOUT_NAME, RetrainRequest, write_heldout_predictions
+from worker.serve import training_runs
 from worker.serve.datasets import DatasetError, DatasetStore, LabelRule, UploadedFile
+from worker.serve.db import SqliteStore
 from worker.serve.training_runs import TrainingRuns
 from worker.settings import Settings
 from worker.storage import Storage, join_uri
@@ -84,8 +86,10 @@ class FakeRetrain:
 def parts(tmp_path: Path) -> tuple[Storage, ModelRegistry, DatasetStore]:
     storage = Storage(MemoryStore)
     registry = ModelRegistry(storage, [str(tmp_path / "models")])
-    datasets = DatasetStore(storage, str(tmp_path / "datasets"), LIMITS)
-    datasets.create("d", model="tiny")
+    records = SqliteStore(tmp_path / "console.db")
+    records.create_schema()
+    datasets = DatasetStore(records, storage, str(tmp_path / "datasets"), LIMITS)
+    datasets.create("d", "ann", model="tiny")
     rng = np.random.default_rng(0)
     files = [
         UploadedFile(
@@ -94,10 +98,9 @@ def parts(tmp_path: Path) -> tuple[Storage, ModelRegistry, DatasetStore]:
         )
         for i in range(24)
     ]
-    datasets.add_files("d", files, LabelRule(from_folders=True))
-    datasets.add_files(
-        "d", [UploadedFile("u.png", png_bytes(np.zeros((8, 8, 3), np.uint8)))], LabelRule()
-    )
+    datasets.add_files("d", files, LabelRule(from_folders=True), "ann")
+    unlabelled = UploadedFile("u.png", png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    datasets.add_files("d", [unlabelled], LabelRule(), "ann")
     return storage, registry, datasets
 
 
@@ -105,7 +108,9 @@ def runs_for(
     parts: tuple[Storage, ModelRegistry, DatasetStore], tmp_path: Path, retrain: FakeRetrain
 ) -> TrainingRuns:
     storage, registry, datasets = parts
-    return TrainingRuns(Settings(), storage, registry, datasets, str(tmp_path / "runs"), retrain)
+    return TrainingRuns(
+        Settings(), datasets.store, storage, registry, datasets, str(tmp_path / "runs"), retrain
+    )
 
 
 def test_a_run_streams_events_then_stores_summary_and_figures(
@@ -113,7 +118,7 @@ def test_a_run_streams_events_then_stores_summary_and_figures(
 ) -> None:
     retrain = FakeRetrain()
     runs = runs_for(parts, tmp_path, retrain)
-    run = runs.start("d", budget_s=30, promotion="never")
+    run = runs.start("d", "ann", budget_s=30, promotion="never")
     events, status = runs.wait_events(run.id, 0, timeout_s=10)
     assert status == "running"
     while len(events) < 2:
@@ -123,20 +128,21 @@ def test_a_run_streams_events_then_stores_summary_and_figures(
     assert events[0].message.startswith("training tiny on 24 labelled images")
     assert events[1].message == "loaded 24 images"  # the unlabelled image is not trained on
     with pytest.raises(DatasetError, match="in progress"):
-        runs.start("d", budget_s=30)
+        runs.start("d", "ann", budget_s=30)
     retrain.release.set()
     runs.join(10)
 
     done = runs.get(run.id)
     assert done.status == "succeeded"
-    assert done.summary is not None and done.summary.model == ModelId(name="tiny", version="1")
+    assert done.summary is not None
+    assert done.summary.model == ModelId(name="tiny", version="1")
     assert done.figures == ["confusion.png", "reliability.png"]
     assert runs.figure(run.id, "confusion.png").startswith(b"\x89PNG")
     request = retrain.requests[0]
     assert (request.model, request.budget.seconds, request.promotion.mode) == ("tiny", 30, "never")
     # a new process reads the same record
     again = runs_for(parts, tmp_path, FakeRetrain())
-    assert [r.id for r in again.list("d")] == [run.id]
+    assert [r.id for r in again.history("d")] == [run.id]
     assert again.get(run.id).summary == done.summary
 
 
@@ -146,7 +152,7 @@ def test_a_failed_run_says_why(
     retrain = FakeRetrain(fail=True)
     retrain.release.set()
     runs = runs_for(parts, tmp_path, retrain)
-    run = runs.start("d", budget_s=30)
+    run = runs.start("d", "ann", budget_s=30)
     runs.join(10)
     events, status = runs.wait_events(run.id, 0, timeout_s=1)
     assert status == "failed"
@@ -160,25 +166,31 @@ def test_runs_are_refused_without_enough_labels_or_with_a_bad_budget(
     _, _, datasets = parts
     runs = runs_for(parts, tmp_path, FakeRetrain())
     with pytest.raises(DatasetError, match="budget"):
-        runs.start("d", budget_s=1)
-    datasets.create("small")
+        runs.start("d", "ann", budget_s=1)
+    datasets.create("small", "ann")
     datasets.add_files(
         "small",
         [UploadedFile("real/a.png", png_bytes(np.zeros((8, 8, 3), np.uint8)))],
         LabelRule(from_folders=True),
+        "ann",
     )
     with pytest.raises(DatasetError, match="at least two labels"):
-        runs.start("small", budget_s=30)
+        runs.start("small", "ann", budget_s=30)
     with pytest.raises(DatasetError, match="no dataset"):
-        runs.start("missing", budget_s=30)
+        runs.start("missing", "ann", budget_s=30)
 
 
 def test_a_run_left_running_by_a_stopped_process_is_marked_interrupted(
-    parts: tuple[Storage, ModelRegistry, DatasetStore], tmp_path: Path
+    parts: tuple[Storage, ModelRegistry, DatasetStore],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     retrain = FakeRetrain()
     runs = runs_for(parts, tmp_path, retrain)
-    run = runs.start("d", budget_s=30)
+    run = runs.start("d", "ann", budget_s=30)
+    monkeypatch.setattr(
+        "worker.serve.training_runs._PROCESS", training_runs._PROCESS.split(":")[0] + ":1"
+    )
     later = runs_for(parts, tmp_path, FakeRetrain())  # as if the process had restarted
     assert later.get(run.id).status == "failed"
     assert "interrupted" in (later.get(run.id).error or "")
