@@ -76,7 +76,8 @@ def create_app(
             yield
         finally:
             services.ready = False
-            await anyio.to_thread.run_sync(services.close)
+            await anyio.to_thread.run_sync(services.close)  # finishes queued images first
+            log.info("serve_stopped")
 
     routes: list[BaseRoute] = [
         Route("/healthz", _healthz),

@@ -529,10 +529,10 @@ class PostgresStore(ConsoleStore):
     def __init__(self, url: str, schema: str | None = None) -> None:
         import psycopg  # the serve extra; only a PostgreSQL deployment needs it loaded
 
+        if schema is not None and not schema.replace("_", "").isalnum():
+            raise StoreError(f"schema name {schema!r} must be letters, digits and _")
         connection = psycopg.connect(url, autocommit=True)
         if schema is not None:
-            if not schema.replace("_", "").isalnum():
-                raise StoreError(f"schema name {schema!r} must be letters, digits and _")
             connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             connection.execute(f'SET search_path TO "{schema}"')
         super().__init__(connection)

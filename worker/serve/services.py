@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from starlette.requests import Request
 
 from contracts import ModelRef
@@ -22,6 +23,7 @@ from worker.inference.registry import ModelRegistry
 from worker.metrics import record_batch
 from worker.serve.auth import SessionKeys
 from worker.serve.db import ConsoleStore, open_store
+from worker.serve.invoke import fetch_client
 from worker.settings import Settings
 from worker.storage import Storage
 
@@ -49,6 +51,8 @@ class Services:
     session_keys: SessionKeys
     limits: ImageLimits
     engine: InferenceEngine
+    fetch: httpx.Client
+    """The client of invoke URI fetches (no redirects, bounded timeouts)."""
     ready: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     """Room for console features to keep process-wide objects (e.g. running trainings)."""
@@ -63,6 +67,7 @@ class Services:
 
     def close(self) -> None:
         self.engine.close()
+        self.fetch.close()
         self.store.close()
 
 
@@ -98,6 +103,7 @@ def build_services(
         ),
         limits=ImageLimits.from_settings(settings),
         engine=engine_factory(settings, storage),
+        fetch=fetch_client(settings),
     )
 
 
