@@ -103,7 +103,9 @@ async def upload(request: Request) -> Response:
     settings = console.services.settings
     user = username(request)
     try:
-        async with request.form(max_files=settings.serve_max_upload_files, max_fields=20) as form:
+        # Each file of a folder comes with its path in a "paths" field (see console.js).
+        limit = settings.serve_max_upload_files
+        async with request.form(max_files=limit, max_fields=limit + 20) as form:
             mode = str(form.get("labels", "none"))
             fixed = str(form.get("label", "")).strip() or None
             rule = (
@@ -124,8 +126,8 @@ async def upload(request: Request) -> Response:
             )
     except DatasetError as exc:
         return back_to(f"/datasets/{name}", error=str(exc))
-    except ValueError as exc:  # multipart limits (files, fields, part size)
-        return back_to(f"/datasets/{name}", error=f"upload refused: {exc}")
+    except HTTPException as exc:  # multipart limits (files, fields, part size)
+        return back_to(f"/datasets/{name}", error=f"upload refused: {exc.detail}")
     return _reported(name, report)
 
 

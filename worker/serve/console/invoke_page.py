@@ -1,8 +1,8 @@
 """*Invoke*: drop an image, see the answer and why (scores, domain check, provenance).
 
-The image goes through the same path as ``POST /v1/invoke``: the classify
-pipeline on the process's shared engine, as an interactive (urgent) request, so
-it shares batches with API traffic and follows the ``production`` alias.
+The image goes through the same code as ``POST /v1/invoke`` (``worker.serve.invoke``'s
+``Invoker``, in-process): the classify pipeline on the process's shared engine in
+the urgent lane, so it shares batches with API traffic and follows ``production``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from contracts import ImageResult, ModelRef
-from worker.classify.inputs import InputItem
-from worker.classify.pipeline import PipelineConfig, classify_items
 from worker.errors import ImageFailure
 from worker.serve.console.state import console_of
 from worker.serve.console.thumbnails import thumbnail_jpeg
+from worker.serve.invoke import InvokeError, Invoker, bytes_item
 from worker.serve.pages import render
 from worker.serve.services import Services
 
@@ -50,7 +49,12 @@ async def invoke_page(request: Request) -> Response:
         if len(data) > max_bytes:
             error = f"{name} is larger than the limit of {max_bytes} bytes"
             return render(request, "console/invoke.html", {**context, "error": error}, 413)
-        result = await anyio.to_thread.run_sync(invoke_bytes, services, name, data, model)
+        try:
+            result = await anyio.to_thread.run_sync(invoke_bytes, services, name, data, model)
+        except InvokeError as exc:
+            return render(
+                request, "console/invoke.html", {**context, "error": exc.message}, exc.status
+            )
         context.update(
             model=model,
             result=result,
@@ -62,12 +66,9 @@ async def invoke_page(request: Request) -> Response:
 
 
 def invoke_bytes(services: Services, name: str, data: bytes, model: str) -> ImageResult:
-    """One image's ``ImageResult``, scored as an interactive request."""
-    config = PipelineConfig.from_settings(services.settings, urgent=True)
-    item = InputItem(name, lambda: data)
-    (result,) = classify_items(
-        [item], services.engine, ModelRef(name=model), services.limits, config
-    )
+    """One image's ``ImageResult``, exactly as the invoke API answers it."""
+    invoker = Invoker(services.engine, services.settings, services.storage, services.fetch)
+    (result,) = invoker.run([bytes_item(name, data)], ModelRef(name=model))
     return result
 
 
