@@ -378,12 +378,6 @@ class Settings(BaseSettings):
         description="Where console datasets keep uploaded images: a folder or s3://bucket/prefix; "
         "empty = SYNTHDETECT_SERVE_DATA_DIR/datasets.",
     )
-    serve_max_upload_files: int = Field(
-        default=20_000,
-        ge=1,
-        description="Files one console upload (a folder or many files) may carry; archives "
-        "may hold more.",
-    )
     serve_fetch_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="Seconds an invoke URI fetch may take in all."
     )

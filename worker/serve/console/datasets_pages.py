@@ -32,6 +32,8 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 PAGE_IMAGES = 120
 """Images a dataset page shows (newest first); the label and review pages show the rest."""
 THUMBNAIL_PX = 128
+MAX_UPLOAD_FILES = 20_000
+"""Files one upload (many files, or a folder) may carry; an archive may hold more."""
 
 
 def routes() -> list[BaseRoute]:
@@ -100,11 +102,10 @@ async def dataset_page(request: Request) -> Response:
 async def upload(request: Request) -> Response:
     console = console_of(request)
     name = request.path_params["name"]
-    settings = console.services.settings
     user = username(request)
     try:
         # Each file of a folder comes with its path in a "paths" field (see console.js).
-        limit = settings.serve_max_upload_files
+        limit = MAX_UPLOAD_FILES
         async with request.form(max_files=limit, max_fields=limit + 20) as form:
             mode = str(form.get("labels", "none"))
             fixed = str(form.get("label", "")).strip() or None
