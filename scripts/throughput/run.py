@@ -8,7 +8,9 @@ Starts SeaweedFS on loopback, uploads CIFAKE JPEGs (as objects and as an
 uncompressed tar), large photo-like JPEGs (1-4 MP) and 7000x7000 PNGs, measures
 each stage alone (the limits), then runs jobs through RabbitMQ and a real
 ``synthdetect worker`` process, then the naive baseline, then start-up. It ends
-with every figure and ratio, one per line. Machines are shared and noisy: only
+with every figure and ratio, one per line; the invoke phase
+(``scripts/bench_invoke.py``) measures ``synthdetect serve`` over HTTP next to the
+engine alone. Machines are shared and noisy: only
 ratios taken in one run compare; the load average is printed with them.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from celery import Celery
 
+from scripts import bench_invoke
 from scripts.throughput import data, jobs, limits, startup
 from scripts.throughput.services import (
     REPO,
@@ -138,6 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "huge",
             "naive",
             "startup",
+            "invoke",
         ],
         help="leave a phase out (repeatable)",
     )
@@ -220,6 +224,9 @@ def _run(args: argparse.Namespace, settings: Settings, workdir: Path, report: Re
         _naive(args, settings, storage, workdir, report, env, object_uris)
     if "startup" not in args.skip:
         _startup(report, workdir, env, args.worker_root, blobs[0])
+    if "invoke" not in args.skip:
+        # `synthdetect serve` over HTTP next to the engine alone (scripts/bench_invoke.py).
+        bench_invoke.run_phase(report, report.values, workdir, args.quick)
     _ratios(report)
 
 

@@ -252,7 +252,7 @@ def test_the_gpu_overlay_gives_each_classify_pod_one_gpu_and_the_cuda_image() ->
 
 def test_the_sqs_overlay_points_the_workers_at_sqs() -> None:
     docs = rendered("sqs")
-    (secret,) = by_kind(docs, "Secret").values()
+    secret = by_kind(docs, "Secret")["synthdetect-secrets"]
     assert secret["stringData"]["SYNTHDETECT_BROKER_URL"] == "sqs://"
     assert "SYNTHDETECT_S3_ENDPOINT_URL" not in settings_of(docs)
     assert "SYNTHDETECT_SQS_VISIBILITY_TIMEOUT_S" in settings_of(docs)
@@ -262,6 +262,51 @@ def test_every_configmap_key_is_a_setting() -> None:
     known = {f"SYNTHDETECT_{name.upper()}" for name in Settings.model_fields}
     for overlay in OVERLAYS:
         assert set(settings_of(rendered(overlay))) <= known, overlay
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serve_runs_behind_a_service_with_its_probes_and_secrets(overlay: str) -> None:
+    docs = rendered(overlay)
+    deployment = by_kind(docs, "Deployment")["synthdetect-serve"]
+    serve = containers(deployment)["serve"]
+    assert serve["args"] == ["serve"]
+    ports = {p["name"]: p["containerPort"] for p in serve["ports"]}
+    env = {e["name"]: e["value"] for e in serve["env"]}
+    assert ports == {"http": int(env["SYNTHDETECT_SERVE_PORT"])}
+    assert env["SYNTHDETECT_SERVE_HOST"] == "0.0.0.0"
+    assert set(env) <= {f"SYNTHDETECT_{name.upper()}" for name in Settings.model_fields}
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        assert serve[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    secrets = by_kind(docs, "Secret")
+    for source in serve["envFrom"]:
+        if "secretRef" in source:
+            assert source["secretRef"]["name"] in secrets
+    assert "SYNTHDETECT_SERVE_DATABASE_URL" in secrets["synthdetect-serve"]["stringData"]
+    (service,) = [
+        s for s in by_kind(docs, "Service").values() if s["metadata"]["name"] == "synthdetect-serve"
+    ]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    claims = by_kind(docs, "PersistentVolumeClaim")
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {
+        v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v
+    } <= set(claims)
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one ReadWriteOnce volume
+
+
+def test_compose_serves_the_console_with_its_own_health_check() -> None:
+    serve = compose()["services"]["serve"]
+    assert serve["command"] == ["serve"]
+    port = serve["environment"]["SYNTHDETECT_SERVE_PORT"]
+    assert serve["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f":{port}/readyz" in " ".join(serve["healthcheck"]["test"])
+    assert serve["environment"]["SYNTHDETECT_SERVE_DATA_DIR"] == "/data"
 
 
 # --- Dockerfiles ------------------------------------------------------------------------
