@@ -20,6 +20,7 @@ from worker.errors import ImageFailure, StorageError
 from worker.serve.console.state import back_to, console_of, username
 from worker.serve.console.thumbnails import thumbnail_jpeg
 from worker.serve.datasets import (
+    DEFAULT_LABELS,
     AddReport,
     DatasetError,
     DatasetStore,
@@ -65,7 +66,8 @@ async def create_dataset(request: Request) -> Response:
     console = console_of(request)
     async with request.form() as form:
         name = str(form.get("name", "")).strip()
-        labels = [part.strip() for part in str(form.get("labels", "")).split(",") if part.strip()]
+        given = str(form.get("labels") or ",".join(DEFAULT_LABELS))
+        labels = [part.strip() for part in given.split(",") if part.strip()]
         model = str(form.get("model") or console.services.settings.default_model).strip()
     try:
         await anyio.to_thread.run_sync(

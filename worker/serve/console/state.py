@@ -91,5 +91,5 @@ def back_to(
         params["msg"] = message
     if error:
         params["err"] = error
-    target = path + ("?" + urlencode(params) if params else "")
+    target = path + ("?" + urlencode(params, doseq=True) if params else "")
     return RedirectResponse(target, status_code=303)
