@@ -164,10 +164,10 @@ class DatasetStore:
         return self.store.items(dataset.id, labelled=labelled, order=order, limit=ALL)
 
     def item(self, dataset: Dataset, key: str) -> DatasetItem:
-        for item in self.items(dataset):
-            if item.key == key:
-                return item
-        raise DatasetError(f"dataset {dataset.name!r} has no image {key!r}")
+        item = self.store.item(dataset.id, key)
+        if item is None:
+            raise DatasetError(f"dataset {dataset.name!r} has no image {key!r}")
+        return item
 
     def image_bytes(self, dataset: Dataset, key: str) -> bytes:
         """The stored bytes of one image (``StorageError`` when its store fails)."""

@@ -5,6 +5,11 @@ active-learning rule): an image it already scores 0.99 teaches it little. The qu
 is ordered by ``uncertainty`` of the dataset model's ``production`` version (the
 default model's when the dataset's model has none yet), ties by arrival, newest
 first. Without any model to score with, the queue is plain newest-first.
+
+A page view scores at most ``MAX_SCORED`` images, the newest unlabelled ones (those
+scored before are read back, not scored again), so the first view of a dataset of a
+million unlabelled images costs seconds, not an hour; labelling them moves the
+window on to older images.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from contracts import ImageResult, ModelId
 from worker.serve.datasets import model_of
 from worker.serve.db import Dataset, DatasetItem
 from worker.serve.predictions import DatasetPredictions, uncertainty
+
+MAX_SCORED = 5000
+"""Unlabelled images one queue orders at most (newest first)."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +56,12 @@ def label_queue(
 ) -> LabelQueue:
     """``unlabelled`` (a dataset's images without a label), most uncertain first."""
     names = [model_of(dataset), default_model]
-    model = predictions.first_available(names) if unlabelled else None
+    newest = sorted(unlabelled, key=lambda item: (-item.added_at, item.key))[:MAX_SCORED]
+    model = predictions.first_available(names) if newest else None
     if model is None:
-        ordered = sorted(unlabelled, key=lambda item: (-item.added_at, item.key))
-        return LabelQueue([QueueEntry(item, None) for item in ordered], None)
-    results = predictions.predict(dataset, model, unlabelled)
-    entries = [QueueEntry(item, results.get(item.key)) for item in unlabelled]
+        return LabelQueue([QueueEntry(item, None) for item in newest], None)
+    results = predictions.predict(dataset, model, newest)
+    entries = [QueueEntry(item, results.get(item.key)) for item in newest]
     entries.sort(key=_queue_order)
     return LabelQueue(entries, model)
 

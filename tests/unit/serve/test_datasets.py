@@ -80,6 +80,9 @@ def test_files_are_stored_once_by_content_and_bad_ones_are_reported(store: Datas
     assert {item.label for item in items} == {"real"}
     assert {item.labelled_by for item in items} == {"ann"}
     assert {store.image_bytes(dataset, item.key) for item in items} == {image(1), image(2)}
+    assert store.item(dataset, items[0].key) == items[0]
+    with pytest.raises(DatasetError, match="no image"):
+        store.item(dataset, "0" * 24)
     assert store.view(dataset).counts == {"real": 2, "synthetic": 0, "unlabelled": 0}
 
 
