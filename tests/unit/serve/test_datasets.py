@@ -1,10 +1,13 @@
-"""DatasetStore: create, upload files, folders and archives, S3 prefixes, labels."""
+"""DatasetStore: create, upload files, folders and archives, S3 prefixes, labels; on SQLite and
+PostgreSQL (skipped where no PostgreSQL answers at 127.0.0.1:5432)."""
 
 from __future__ import annotations
 
 import io
 import tarfile
+import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +15,10 @@ import pytest
 
 from tests.support.memory_store import MemoryStore
 from tests.support.toy_images import png_bytes
+from tests.unit.serve.test_db import POSTGRES_URL, postgres_or_skip
 from worker.imaging import ImageLimits
 from worker.serve.datasets import DatasetError, DatasetStore, LabelRule, UploadedFile
-from worker.serve.db import SqliteStore
+from worker.serve.db import ConsoleStore, open_store
 from worker.settings import Settings
 from worker.storage import Storage
 
@@ -31,10 +35,29 @@ def s3() -> MemoryStore:
     return MemoryStore()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConsoleStore]:
+    if request.param == "sqlite":
+        opened = open_store("", tmp_path)
+        yield opened
+        opened.close()
+        return
+    postgres_or_skip()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    opened = open_store(POSTGRES_URL, tmp_path, schema=schema)
+    try:
+        yield opened
+    finally:
+        opened.close()
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
 @pytest.fixture
-def store(tmp_path: Path, s3: MemoryStore) -> DatasetStore:
-    records = SqliteStore(":memory:")
-    records.create_schema()
+def store(records: ConsoleStore, tmp_path: Path, s3: MemoryStore) -> DatasetStore:
+    """Datasets on SQLite and on PostgreSQL (the console database's two implementations)."""
     return DatasetStore(records, Storage(lambda: s3), str(tmp_path / "datasets"), LIMITS)
 
 
