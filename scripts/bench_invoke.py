@@ -14,10 +14,12 @@ judges out of domain: decoded, scored and abstained like any such upload).
    then ``--clients`` concurrent clients (one asyncio loop, one connection each)
    for ``--seconds``.
 
-The clients share the machine with the server, as they would behind a local
-proxy; on a 2-core machine they take a visible share of the CPU, so the HTTP
-throughput is a floor. Only ratios from one run compare (shared machines are
-noisy); the load average is printed with each section.
+The clients share the machine with the server; on a 2-core machine they take a
+large share of the CPU, so the HTTP throughput is a floor. CPU time per image
+(of the serve process, of the clients, of the engine alone) is printed too: it
+depends far less on what else the machine runs than the rates do. Only ratios
+from one run compare (shared machines are noisy); the load average is printed
+with each section.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Protocol
 
 import httpx
 import numpy as np
+import psutil
 from PIL import Image
 
 from contracts import ModelRef
@@ -128,8 +131,11 @@ def engine_alone(
             found = latencies(call, sizes[name])
             report.figure(f"engine_{name}_p50", percentile(found, 50) * 1e3, "ms")
             report.figure(f"engine_{name}_p99", percentile(found, 99) * 1e3, "ms")
+            before = _cpu_s(psutil.Process())
             rate = threaded_rate(call, clients, seconds)
+            cpu = _cpu_s(psutil.Process()) - before
             report.figure(f"engine_{name}_rate", rate, "images/s", f"{clients} threads")
+            report.figure(f"engine_{name}_cpu", cpu * 1e3 / (rate * seconds), "CPU ms/image")
     finally:
         engine.close()
 
@@ -141,6 +147,7 @@ async def _http_rate(
     stop = time.monotonic() + seconds
     done = 0
     failed = 0
+    errors: list[str] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(
         base_url=url, headers=headers, limits=limits, timeout=120
@@ -149,14 +156,22 @@ async def _http_rate(
         async def loop() -> None:
             nonlocal done, failed
             while time.monotonic() < stop:
-                response = await client.post("/v1/invoke", content=blob)
+                try:
+                    response = await client.post("/v1/invoke", content=blob)
+                except httpx.TransportError as exc:
+                    failed += 1
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
                 if response.status_code == 200:
                     done += 1
                 else:
                     failed += 1
+                    errors.append(f"{response.status_code}: {response.text[:200]}")
 
         started = time.monotonic()
         await asyncio.gather(*(loop() for _ in range(clients)))
+        for error in sorted(set(errors))[:5]:
+            print(f"  failed request: {error}", flush=True)
         return done / (time.monotonic() - started), failed
 
 
@@ -189,9 +204,27 @@ def over_http(
                 found = latencies(call, sizes[name])
                 report.figure(f"http_{name}_p50", percentile(found, 50) * 1e3, "ms")
                 report.figure(f"http_{name}_p99", percentile(found, 99) * 1e3, "ms")
+                server, here = psutil.Process(served.process.pid), psutil.Process()
+                before = _cpu_s(server), _cpu_s(here)
                 rate, failed = asyncio.run(_http_rate(served.url, key, blob, clients, seconds))
+                spent = _cpu_s(server) - before[0], _cpu_s(here) - before[1]
                 note = f"{clients} concurrent clients" + (f", {failed} failed" if failed else "")
+                if failed:
+                    print(f"serve log (last lines):\n{served.log_tail(15)}", flush=True)
                 report.figure(f"http_{name}_rate", rate, "images/s", note)
+                images_sent = rate * seconds
+                report.figure(
+                    f"http_{name}_cpu",
+                    spent[0] * 1e3 / images_sent,
+                    "CPU ms/image",
+                    "serve process",
+                )
+                report.figure(
+                    f"http_{name}_client_cpu",
+                    spent[1] * 1e3 / images_sent,
+                    "CPU ms/image",
+                    "the 50 clients",
+                )
             metrics = client.get("/metrics").text
             report.figure("http_mean_batch", _mean_batch(metrics), "images/batch", "whole run")
     finally:
@@ -218,6 +251,11 @@ def ratios(report: Reporter, values: dict[str, float]) -> None:
                 f"http_{name}_rate / engine_{name}_rate",
                 values[f"http_{name}_rate"] / values[f"engine_{name}_rate"],
             )
+        if f"http_{name}_cpu" in values and f"engine_{name}_cpu" in values:
+            report.ratio(
+                f"http_{name}_cpu / engine_{name}_cpu (CPU per image, load-independent)",
+                values[f"http_{name}_cpu"] / values[f"engine_{name}_cpu"],
+            )
 
 
 def run_phase(
@@ -237,6 +275,12 @@ def run_phase(
     engine_alone(report, settings, blobs, sizes, clients, seconds)
     over_http(report, workdir, blobs, sizes, clients, seconds, extra_env or {})
     ratios(report, values)
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    """User + system CPU seconds of ``process`` (all its threads) so far."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _load() -> str:

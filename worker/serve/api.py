@@ -113,8 +113,7 @@ def _model(request: Request, services: Services) -> ModelRef:
 
 
 async def _run(services: Services, items: list[InputItem], model: ModelRef) -> list[ImageResult]:
-    invoker = Invoker(services.engine, services.settings, services.storage, services.fetch)
-    results = await anyio.to_thread.run_sync(invoker.run, items, model)
+    results = await anyio.to_thread.run_sync(services.invoke, items, model)
     record_results(results)
     return results
 

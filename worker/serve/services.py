@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from starlette.requests import Request
 
-from contracts import ModelRef
+from contracts import ImageResult, ModelRef
+from worker.classify.inputs import InputItem
 from worker.imaging import ImageLimits
 from worker.inference.registry import ModelRegistry
 from worker.metrics import record_batch
 from worker.serve.auth import SessionKeys
 from worker.serve.db import ConsoleStore, open_store
-from worker.serve.invoke import fetch_client
+from worker.serve.invoke import Invoker, fetch_client
 from worker.settings import Settings
 from worker.storage import Storage
 
@@ -64,6 +65,15 @@ class Services:
     @property
     def data_dir(self) -> Path:
         return self.settings.serve_data_dir
+
+    def invoke(self, items: list[InputItem], model: ModelRef | None = None) -> list[ImageResult]:
+        """Classify ``items`` as ``POST /v1/invoke`` does (blocking: call from a thread).
+
+        Build items with ``worker.serve.invoke.bytes_item(name, data)``; raises
+        ``InvokeError`` (``model_unavailable``) when the model cannot be loaded.
+        """
+        invoker = Invoker(self.engine, self.settings, self.storage, self.fetch)
+        return invoker.run(items, model or self.default_model)
 
     def close(self) -> None:
         self.engine.close()
