@@ -1,7 +1,7 @@
 """*Invoke*: drop an image, see the answer and why (scores, domain check, provenance).
 
-The image goes through the same code as ``POST /v1/invoke`` (``worker.serve.invoke``'s
-``Invoker``, in-process): the classify pipeline on the process's shared engine in
+The image goes through the same code as ``POST /v1/invoke`` (``Services.invoke``, the
+invoke API's ``Invoker``, in-process): the classify pipeline on the process's shared engine in
 the urgent lane, so it shares batches with API traffic and follows ``production``.
 """
 
@@ -19,7 +19,7 @@ from contracts import ImageResult, ModelRef
 from worker.errors import ImageFailure
 from worker.serve.console.state import console_of
 from worker.serve.console.thumbnails import thumbnail_jpeg
-from worker.serve.invoke import InvokeError, Invoker, bytes_item
+from worker.serve.invoke import InvokeError, bytes_item
 from worker.serve.pages import render
 from worker.serve.services import Services
 
@@ -67,8 +67,7 @@ async def invoke_page(request: Request) -> Response:
 
 def invoke_bytes(services: Services, name: str, data: bytes, model: str) -> ImageResult:
     """One image's ``ImageResult``, exactly as the invoke API answers it."""
-    invoker = Invoker(services.engine, services.settings, services.storage, services.fetch)
-    (result,) = invoker.run([bytes_item(name, data)], ModelRef(name=model))
+    (result,) = services.invoke([bytes_item(name, data)], ModelRef(name=model))
     return result
 
 
