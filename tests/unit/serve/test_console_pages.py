@@ -196,6 +196,8 @@ def test_previews_are_re_encoded_jpegs(client: TestClient, dataset: str) -> None
     assert preview.headers["content-type"] == "image/jpeg"
     assert preview.content[:2] == b"\xff\xd8"
     assert client.get(f"/datasets/{dataset}/images/{'0' * 24}").status_code == 404
+    odd = client.get(f"/datasets/{dataset}/images/{key.group(1)}?size=huge")
+    assert odd.status_code == 200
 
 
 def test_the_label_queue_labels_one_or_many_and_refuses_unknown_labels(
@@ -245,11 +247,13 @@ def test_review_filters_and_fixes_a_label_in_place(
     assert key.group(1) not in fixed.text  # no longer a "real" image
     unlabelled = client.get(f"/review?dataset={dataset}&unlabelled=1").text
     assert set(re.findall(r'<td class="true">([^<]+)</td>', unlabelled)) == {"unlabelled"}
-    elsewhere = client.post(
-        f"/label/{dataset}",
-        data={"key": key.group(1), "label": "real", "back": "//evil.example", "csrf_token": csrf},
-    )
-    assert elsewhere.url.path == f"/label/{dataset}"
+    for away in ("//evil.example", "/\\evil.example", "https://evil.example/"):
+        elsewhere = client.post(
+            f"/label/{dataset}",
+            data={"key": key.group(1), "label": "real", "back": away, "csrf_token": csrf},
+            follow_redirects=False,
+        )
+        assert elsewhere.headers["location"].startswith(f"/label/{dataset}?")
 
 
 def test_invoke_answers_with_scores_domain_and_provenance(client: TestClient, csrf: str) -> None:

@@ -33,6 +33,8 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 PAGE_IMAGES = 120
 """Images a dataset page shows (newest first); the label and review pages show the rest."""
 THUMBNAIL_PX = 128
+MAX_UPLOAD_BYTES = 4 * 2**30
+"""Largest upload request: the form spools files to temporary disk before they are read."""
 MAX_UPLOAD_FILES = 20_000
 """Files one upload (many files, or a folder) may carry; an archive may hold more."""
 
@@ -105,6 +107,13 @@ async def upload(request: Request) -> Response:
     console = console_of(request)
     name = request.path_params["name"]
     user = username(request)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+        return back_to(
+            f"/datasets/{name}",
+            error=f"upload refused: more than {MAX_UPLOAD_BYTES // 2**30} GiB in one request; "
+            "split it, or put the images in S3 and add the prefix",
+        )
     try:
         # Each file of a folder comes with its path in a "paths" field (see console.js).
         limit = MAX_UPLOAD_FILES
@@ -205,7 +214,8 @@ async def image(request: Request) -> Response:
     """A dataset image's preview (JPEG, re-encoded; ``?size=`` up to 512 px)."""
     console = console_of(request)
     name, key = request.path_params["name"], request.path_params["key"]
-    size = min(max(int(request.query_params.get("size", THUMBNAIL_PX) or THUMBNAIL_PX), 16), 512)
+    asked = request.query_params.get("size", "")
+    size = min(max(int(asked), 16), 512) if asked.isdigit() else THUMBNAIL_PX
 
     def load() -> bytes:
         dataset = console.datasets.get(name)

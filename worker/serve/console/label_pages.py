@@ -19,7 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from worker.errors import ModelError, StorageError
-from worker.serve.console.state import back_to, console_of, username
+from worker.serve.console.state import back_to, console_of, local_path, username
 from worker.serve.datasets import DatasetError, labels_of
 from worker.serve.labeling import LabelQueue, label_queue
 from worker.serve.pages import render
@@ -104,7 +104,7 @@ async def set_labels(request: Request) -> Response:
         label = str(form.get("label", "")).strip() or None
         skip = str(form.get("skip", "0"))
         back = str(form.get("back", ""))
-    target = back if back.startswith("/") and not back.startswith("//") else f"/label/{name}"
+    target = local_path(back) or f"/label/{name}"
     if not keys:
         return back_to(target, error="select at least one image", skip=skip)
     try:

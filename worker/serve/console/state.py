@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse
@@ -76,6 +76,20 @@ def _build(services: Services) -> Console:
         f"{data_dir}/runs",
     )
     return Console(services, datasets, predictions, runs)
+
+
+def local_path(target: str) -> str | None:
+    """``target`` if it is a path on this site, else None (no open redirects).
+
+    Browsers read ``/\\host`` as ``//host``, so backslashes and control characters
+    are refused along with schemes and ``//``.
+    """
+    if not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(ord(c) < 0x20 for c in target):
+        return None
+    parts = urlsplit(target)
+    return None if parts.scheme or parts.netloc else target
 
 
 def username(request: Request) -> str:
