@@ -113,6 +113,11 @@ def browser() -> Iterator[object]:
 
 
 def shot(page: Page, name: str) -> None:
+    """A full-page screenshot once every image (lazy ones too) has loaded."""
+    page.evaluate("document.querySelectorAll('img').forEach(i => { i.loading = 'eager'; })")
+    page.wait_for_function(
+        "[...document.images].every(i => i.complete && i.naturalWidth > 0)", timeout=30_000
+    )
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
