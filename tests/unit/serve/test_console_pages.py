@@ -323,6 +323,7 @@ def test_models_promote_and_roll_back(client: TestClient, csrf: str, served: Ser
     console.services.registry.publish(card, data)
     page = client.get("/models").text
     assert 'id="version-default-7"' in page
+    assert "/models/default/7/report" not in page  # published without a training report
     promoted = client.post("/models/default/promote", data={"version": "7", "csrf_token": csrf})
     assert flash(promoted)[0] == "default@7 is production now"
     missing = client.post("/models/default/promote", data={"version": "99", "csrf_token": csrf})

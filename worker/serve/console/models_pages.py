@@ -44,6 +44,8 @@ class ModelVersions:
     alias: AliasRecord | None
     cards: list[ModelCard]
     unreadable: list[tuple[str, str]]
+    reports: frozenset[str]
+    """Versions that have a training report."""
 
 
 def model_versions(console: Console) -> list[ModelVersions]:
@@ -59,7 +61,8 @@ def model_versions(console: Console) -> list[ModelVersions]:
             except (ModelError, StorageError, ValueError) as exc:
                 unreadable.append((version, str(exc)))
         if cards or unreadable:
-            found.append(ModelVersions(name, registry.read_alias(name), cards, unreadable))
+            reports = frozenset(c.version for c in cards if _report_uri(registry, c) is not None)
+            found.append(ModelVersions(name, registry.read_alias(name), cards, unreadable, reports))
     return found
 
 
@@ -118,13 +121,11 @@ async def report(request: Request) -> Response:
     registry = console.services.registry
 
     def read() -> bytes:
-        model = ModelId(name=name, version=version)
-        registry.read_card(model)  # refuses unknown versions and bad names
-        for root in registry.roots:
-            uri = join_uri(registry.version_uri(root, model), REPORT_NAME)
-            if registry.storage.exists(uri):
-                return registry.storage.get_bytes(uri)
-        raise ModelError(f"{name}@{version} has no training report")
+        card = registry.read_card(ModelId(name=name, version=version))  # refuses unknown ones
+        uri = _report_uri(registry, card)
+        if uri is None:
+            raise ModelError(f"{name}@{version} has no training report")
+        return registry.storage.get_bytes(uri)
 
     try:
         html = await anyio.to_thread.run_sync(read)
@@ -132,3 +133,13 @@ async def report(request: Request) -> Response:
         raise HTTPException(404, str(exc)) from exc
     # The report is self-contained HTML written by our own renderer; keep it from scripting.
     return HTMLResponse(html, headers={"Content-Security-Policy": "script-src 'none'"})
+
+
+def _report_uri(registry: ModelRegistry, card: ModelCard) -> str | None:
+    """Where the version's ``report.html`` is, in the first root that has the version."""
+    model = ModelId(name=card.name, version=card.version)
+    for root in registry.roots:
+        if registry.storage.exists(join_uri(registry.version_uri(root, model), "card.json")):
+            uri = join_uri(registry.version_uri(root, model), REPORT_NAME)
+            return uri if registry.storage.exists(uri) else None
+    return None
