@@ -27,16 +27,18 @@ from pathlib import Path
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from worker.logs import get_logger
 from worker.serve import api, console, login
-from worker.serve.auth import AuthGate
+from worker.serve.auth import AuthGate, api_error
 from worker.serve.db import ConsoleStore
+from worker.serve.invoke import ApiErrorCode
 from worker.serve.services import EngineFactory, Services, build_engine, build_services, services_of
 from worker.settings import Settings
 
@@ -88,13 +90,33 @@ def create_app(
         *api.routes(),
         *console.routes(),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(AuthGate)], lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(AuthGate)],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
+    )
 
 
 def _warm_up(services: Services) -> None:
     """Load the default model now, so the first request does not pay for it."""
     loaded = services.engine.model_for(services.default_model)
     log.info("serve_model_loaded", model=loaded.card.name, version=loaded.card.version)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method): the API's error body under /v1."""
+    assert isinstance(exc, HTTPException)
+    if not request.url.path.startswith("/v1/"):
+        return PlainTextResponse(str(exc.detail), exc.status_code, headers=exc.headers)
+    code = {
+        404: ApiErrorCode.NO_SUCH_ENDPOINT,
+        405: ApiErrorCode.METHOD_NOT_ALLOWED,
+    }.get(exc.status_code)
+    if code is None:
+        return api_error(exc.status_code, "bad_request", str(exc.detail))
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return api_error(exc.status_code, code.value, message, headers=exc.headers)
 
 
 async def _healthz(request: Request) -> Response:

@@ -1,7 +1,8 @@
 """Who is asking: console sessions, CSRF tokens, API keys, and the gate in front of every route.
 
 - **Passwords** are hashed with argon2id (``argon2-cffi``'s defaults, RFC 9106's
-  low-memory profile); users are created with ``synthdetect users add``.
+  low-memory profile); users are created with ``synthdetect users add``. Five failed
+  logins in five minutes for one name or from one address pause further attempts.
 - **Sessions**: a login creates a random 256-bit token; the cookie carries it signed
   (``itsdangerous``, key ``SYNTHDETECT_SERVE_SECRET_KEY`` or one generated into the
   database) and the database keeps only its sha256, so logout and ``users remove``
@@ -28,7 +29,9 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -94,6 +97,40 @@ def authenticate(store: ConsoleStore, username: str, password: str) -> User | No
     if needs_rehash(user):
         store.set_password_hash(user.id, _hasher.hash(password))
     return user
+
+
+class LoginThrottle:
+    """Slows password guessing: after ``max_failures`` failed logins within ``window_s`` for
+    one user name (or from one client address), further attempts are refused until the
+    oldest failure leaves the window. Kept in memory: each replica counts its own."""
+
+    def __init__(self, max_failures: int = 5, window_s: float = 300.0) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_s(self, *keys: str) -> float:
+        """Seconds until ``keys`` may try again (0: now)."""
+        now = time.monotonic()
+        longest = 0.0
+        with self._lock:
+            for key in keys:
+                recent = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+                self._failures[key] = recent
+                if len(recent) >= self.max_failures:
+                    longest = max(longest, recent[0] + self.window_s - now)
+        return longest
+
+    def failed(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.setdefault(key, []).append(time.monotonic())
+
+    def succeeded(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
 
 
 # --- API keys -------------------------------------------------------------------------------
@@ -237,7 +274,7 @@ def current_api_key(request: Request) -> ApiKey:
 
 
 def api_error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """The API's error body: ``{"error": {"code": ..., "message": ...}}``."""
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)

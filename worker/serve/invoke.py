@@ -66,6 +66,10 @@ class ApiErrorCode(StrEnum):
     """The URL's host resolves to a loopback, private, link-local or metadata address."""
     MODEL_UNAVAILABLE = "model_unavailable"
     """The model (or version) asked for does not exist or cannot be loaded."""
+    NO_SUCH_ENDPOINT = "no_such_endpoint"
+    """No API endpoint at that path."""
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    """The endpoint exists but takes another method (the invoke endpoints take POST)."""
 
 
 API_ERROR_STATUS: dict[ApiErrorCode, int] = {
@@ -79,6 +83,8 @@ API_ERROR_STATUS: dict[ApiErrorCode, int] = {
     ApiErrorCode.BAD_URI: 400,
     ApiErrorCode.URI_REFUSED: 400,
     ApiErrorCode.MODEL_UNAVAILABLE: 422,
+    ApiErrorCode.NO_SUCH_ENDPOINT: 404,
+    ApiErrorCode.METHOD_NOT_ALLOWED: 405,
 }
 
 IMAGE_ERROR_STATUS: dict[ErrorCode, int] = {

@@ -46,9 +46,21 @@ async def login_submit(request: Request) -> Response:
     username = str(form.get("username", "")).strip()
     password = str(form.get("password", ""))
     target = safe_next(str(form.get("next", "")) or None)
+    keys = (f"user:{username.lower()}", f"client:{request.client.host if request.client else '-'}")
+    wait_s = services.login_throttle.wait_s(*keys)
+    if wait_s > 0:
+        log.warning("console_login_throttled", username=username)
+        message = f"Too many failed logins. Try again in {int(wait_s) + 1} seconds."
+        return render(
+            request,
+            "login.html",
+            {"next": target, "error": message, "username": username},
+            status_code=429,
+        )
     # argon2 takes tens of ms on purpose: off the event loop.
     user = await anyio.to_thread.run_sync(authenticate, services.store, username, password)
     if user is None:
+        services.login_throttle.failed(*keys)
         log.info("console_login_failed", username=username)
         return render(
             request,
@@ -56,6 +68,7 @@ async def login_submit(request: Request) -> Response:
             {"next": target, "error": "Unknown user name or wrong password.", "username": username},
             status_code=401,
         )
+    services.login_throttle.succeeded(keys[0])
     response = RedirectResponse(target, status_code=303)
     start_session(services.store, services.session_keys, user, response)
     log.info("console_login", username=user.username)

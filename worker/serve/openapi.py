@@ -98,8 +98,9 @@ _MODEL_PARAMETER = {
 def openapi_schema() -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``/v1``."""
     binary = {"type": "string", "format": "binary"}
-    every_code = {code for code, _, _ in error_codes()}
-    request_codes = {code.value for code in ApiErrorCode}
+    routing = {ApiErrorCode.NO_SUCH_ENDPOINT.value, ApiErrorCode.METHOD_NOT_ALLOWED.value}
+    every_code = {code for code, _, _ in error_codes()} - routing  # not answers of a POST here
+    request_codes = {code.value for code in ApiErrorCode} - routing
     return {
         "openapi": "3.1.0",
         "info": {

@@ -22,7 +22,7 @@ from worker.classify.inputs import InputItem
 from worker.imaging import ImageLimits
 from worker.inference.registry import ModelRegistry
 from worker.metrics import record_batch
-from worker.serve.auth import SessionKeys
+from worker.serve.auth import LoginThrottle, SessionKeys
 from worker.serve.db import ConsoleStore, open_store
 from worker.serve.invoke import Invoker, fetch_client
 from worker.settings import Settings
@@ -54,6 +54,7 @@ class Services:
     engine: InferenceEngine
     fetch: httpx.Client
     """The client of invoke URI fetches (no redirects, bounded timeouts)."""
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     ready: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     """Room for console features to keep process-wide objects (e.g. running trainings)."""

@@ -345,9 +345,13 @@ def test_an_unknown_model_and_a_malformed_model_name(client: TestClient) -> None
     assert_refused(response, 422, "invalid_request")
 
 
-def test_get_on_invoke_is_not_allowed_but_still_needs_a_key(client: TestClient) -> None:
-    assert client.get("/v1/invoke").status_code == 405
-    assert client.get("/v1/invoke", headers={"Authorization": ""}).status_code == 401
+def test_wrong_methods_and_paths_get_the_error_body_but_still_need_a_key(
+    client: TestClient,
+) -> None:
+    assert_refused(client.get("/v1/invoke"), 405, "method_not_allowed")
+    assert_refused(client.post("/v1/nothing-here", content=b"x"), 404, "no_such_endpoint")
+    assert_refused(client.get("/v1/invoke", headers={"Authorization": ""}), 401, "unauthenticated")
+    assert_refused(client.get("/v1/nothing", headers={"Authorization": ""}), 401, "unauthenticated")
 
 
 def test_the_error_bodies_name_the_limit_settings(client: TestClient) -> None:

@@ -12,10 +12,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from tests.support.serving import PASSWORD, USER, Served, prepare
+from tests.support.waiting import wait_until
 from worker.serve import console
 from worker.serve.app import create_app
 from worker.serve.auth import (
     SESSION_COOKIE,
+    LoginThrottle,
     authenticate,
     check_api_key,
     create_api_key,
@@ -200,3 +202,28 @@ def test_api_keys_are_stored_hashed(served: Served) -> None:
     assert check_api_key(served.store, key) == record
     assert check_api_key(served.store, key + "x") is None
     assert check_api_key(served.store, f"sdk_{record.id}") is None
+
+
+def test_password_guessing_is_throttled(tmp_path_factory: pytest.TempPathFactory) -> None:
+    served = prepare(tmp_path_factory.mktemp("throttle"))
+    with TestClient(create_app(served.settings, store=served.store)) as client:
+        for _ in range(5):
+            assert log_in(client, password="guess guess").status_code == 401
+        refused = log_in(client)  # even the right password waits now
+        assert refused.status_code == 429
+        assert "Too many failed logins" in refused.text
+        assert SESSION_COOKIE not in client.cookies
+
+
+def test_the_throttle_forgets_old_failures() -> None:
+    throttle = LoginThrottle(max_failures=2, window_s=0.2)
+    throttle.failed("user:ann")
+    assert throttle.wait_s("user:ann") == 0
+    throttle.failed("user:ann")
+    assert 0 < throttle.wait_s("user:ann", "client:x") <= 0.2
+    assert throttle.wait_s("user:bob") == 0
+    wait_until(lambda: throttle.wait_s("user:ann") == 0, 5, "the failures leave the window")
+    throttle.failed("user:ann")
+    throttle.failed("user:ann")
+    throttle.succeeded("user:ann")
+    assert throttle.wait_s("user:ann") == 0
