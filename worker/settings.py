@@ -426,6 +426,11 @@ class Settings(BaseSettings):
         description="Hosts, IPs or CIDR ranges an invoke URI may reach although they are "
         'loopback, private or link-local, as JSON ["10.0.0.0/8"] (the callbacks\' SSRF guard).',
     )
+    serve_datasets_uri: str = Field(
+        default="",
+        description="Where console datasets keep uploaded images: a folder or s3://bucket/prefix; "
+        "empty = SYNTHDETECT_SERVE_DATA_DIR/datasets.",
+    )
     serve_fetch_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="Seconds an invoke URI fetch may take in all."
     )

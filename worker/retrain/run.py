@@ -5,7 +5,8 @@
     dataset ─► decode (serving preprocessing) ─► held-out split ─► search + k-fold CV
         ─► final fit ─► final model = mean of fold models and final fit, mirrored views too
         ─► held-out logits ─► temperature (cross-fitted ECE) ─► TorchScript + card
-        ─► publish <registry>/<name>/<version>/ + report.html ─► promotion gate ─► summary
+        ─► publish <registry>/<name>/<version>/ + report.html + heldout-predictions.jsonl
+        ─► promotion gate ─► summary
 
 The held-out images are never seen by the search or the CV; they only fit the
 temperature (one number that changes no label; its ECE is cross-fitted), and
@@ -73,6 +74,8 @@ EXPORT_RESERVE_S = 4.0
 (for a six-network model on a 2-core AVX2 CPU: export 2.1 s, report 0.8 s, the rest
 0.3 s); scoring the held-out images is reserved separately, at the rate the CV's
 validation predictions had."""
+HELDOUT_NAME = "heldout-predictions.jsonl"
+"""The held-out images' calibrated predictions, next to a published version's card."""
 MIN_CALIBRATION_IMAGES = 200
 """Fewer held-out images than this fit a noisy temperature: the out-of-fold logits fit it."""
 _ROUNDING = 1e-9
@@ -249,6 +252,9 @@ def run_retrain(
         limits=limits,
         max_thumbnails=300,
     )
+    write_heldout_predictions(
+        _labelled_results(holdout, calibrated, model_id), storage, join_uri(base, HELDOUT_NAME)
+    )
     promoted, reason, production_accuracy = _gate(
         registry, model_id, heldout, holdout, request.promotion, settings
     )
@@ -353,8 +359,12 @@ def promotion_decision(
 def _oof_results(
     pool: LabelledImages, oof: np.ndarray, temperature: float, model: ModelId
 ) -> list[ImageResult]:
-    probs = softmax(oof, temperature)
-    names = pool.label_names
+    return _labelled_results(pool, softmax(oof, temperature), model)
+
+
+def _labelled_results(data: LabelledImages, probs: np.ndarray, model: ModelId) -> list[ImageResult]:
+    """One result per image of ``data`` from its class probabilities, true label set."""
+    names = data.label_names
     return [
         ImageResult(
             uri=uri,
@@ -364,8 +374,19 @@ def _oof_results(
             model=model,
             true_label=names[int(k)],
         )
-        for uri, row, k in zip(pool.uris, probs, pool.labels, strict=True)
+        for uri, row, k in zip(data.uris, probs, data.labels, strict=True)
     ]
+
+
+def write_heldout_predictions(results: list[ImageResult], storage: Storage, uri: str) -> None:
+    """Store the held-out images' calibrated predictions as JSON Lines next to the card.
+
+    The card keeps the held-out accuracy and ECE; these rows let a reader draw the
+    confusion matrix and reliability diagram behind them (the console's Train page,
+    ``synthdetect review <version folder>/heldout-predictions.jsonl``).
+    """
+    body = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in results)
+    storage.put_bytes(uri, body.encode(), content_type="application/x-ndjson")
 
 
 def _training_info(

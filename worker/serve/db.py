@@ -498,6 +498,14 @@ class ConsoleStore:
         )
         return [_item(row) for row in rows]
 
+    def item(self, dataset_id: str, key: str) -> DatasetItem | None:
+        """One image of a dataset by key (the console's previews look them up one by one)."""
+        row = self._one(
+            f"SELECT {self._ITEM_COLUMNS} FROM dataset_items WHERE dataset_id = ? AND key = ?",
+            (dataset_id, key),
+        )
+        return _item(row) if row else None
+
     def count_items(self, dataset_id: str) -> dict[str | None, int]:
         """Images per label (None: unlabelled)."""
         rows = self._all(

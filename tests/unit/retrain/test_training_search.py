@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from contracts import Budget, ModelId, ModelRef, PromotionPolicy
+from contracts import Budget, ImageResult, ModelId, ModelRef, PromotionPolicy
 from tests.support.toy_images import bright_and_dark, png_bytes
 from worker.classify.inputs import InputItem, expand_paths
 from worker.inference.model import load_model
 from worker.inference.registry import ModelRegistry
-from worker.retrain.run import RetrainRequest, run_retrain
+from worker.retrain.run import HELDOUT_NAME, RetrainRequest, run_retrain
 from worker.retrain.training import candidates, search
 from worker.retrain.training.candidates import Candidate
 from worker.retrain.training.dataset import LabelledImages
@@ -346,6 +346,14 @@ def test_run_retrain_publishes_a_calibrated_version_and_gates_it(
     assert summary.card_uri == str(version / "card.json")
     assert summary.report_uri == str(version / "report.html")
     assert "toy@1" in (version / "report.html").read_text()
+    heldout_rows = [
+        ImageResult.model_validate_json(line)
+        for line in (version / HELDOUT_NAME).read_text().splitlines()
+    ]
+    assert len(heldout_rows) == 12  # the held-out images, with their true labels
+    assert all(r.true_label in LABELS and r.model == summary.model for r in heldout_rows)
+    correct = sum(r.label == r.true_label for r in heldout_rows)
+    assert summary.heldout_accuracy == pytest.approx(correct / 12)
     model_bytes = (version / "model.pt").read_bytes()
     card = registry.read_card(summary.model)
     assert json.loads((version / "card.json").read_text())["sha256"] == card.sha256
