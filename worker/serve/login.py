@@ -25,14 +25,23 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def safe_next(target: str | None) -> str:
-    """Where to go after login: a path on this site only (no open redirect)."""
-    if not target:
-        return "/"
+def site_path(target: str) -> str | None:
+    """``target`` if it is a path on this site, else None (no open redirects).
+
+    Browsers read ``/\\host`` as ``//host``, so backslashes and control characters
+    are refused along with schemes and ``//``.
+    """
+    if not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return None
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
-        return "/"
-    return target
+    return None if parts.scheme or parts.netloc else target
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after login: a path on this site only, else the home page."""
+    return (site_path(target) if target else None) or "/"
 
 
 async def login_page(request: Request) -> Response:

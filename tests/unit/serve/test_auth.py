@@ -179,7 +179,15 @@ def test_a_session_cookie_does_not_open_the_api(logged_in: TestClient) -> None:
 
 def test_next_is_never_an_open_redirect() -> None:
     assert safe_next("/datasets?x=1") == "/datasets?x=1"
-    for bad in ("https://evil.example/", "//evil.example/x", "javascript:alert(1)", "", None):
+    for bad in (
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil.example/x",
+        "/\tevil",
+        "javascript:alert(1)",
+        "",
+        None,
+    ):
         assert safe_next(bad) == "/"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse
@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse
 from worker.errors import ModelError
 from worker.serve.auth import current_user
 from worker.serve.datasets import DatasetStore
+from worker.serve.login import site_path
 from worker.serve.predictions import DatasetPredictions
 from worker.serve.services import Services, services_of
 from worker.serve.training_runs import TrainingRuns
@@ -79,17 +80,8 @@ def _build(services: Services) -> Console:
 
 
 def local_path(target: str) -> str | None:
-    """``target`` if it is a path on this site, else None (no open redirects).
-
-    Browsers read ``/\\host`` as ``//host``, so backslashes and control characters
-    are refused along with schemes and ``//``.
-    """
-    if not target.startswith("/") or target.startswith("//"):
-        return None
-    if "\\" in target or any(ord(c) < 0x20 for c in target):
-        return None
-    parts = urlsplit(target)
-    return None if parts.scheme or parts.netloc else target
+    """``target`` if it is a path on this site, else None (``login.site_path``)."""
+    return site_path(target)
 
 
 def username(request: Request) -> str:
