@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import random
 import threading
 import time
@@ -47,8 +48,8 @@ from worker.settings import Settings
 
 RSS_BOUND_MB = 1536.0
 """The documented bound for a worker with default settings (docs/reliability.md)."""
-MAIN_IMAGES = 200
-"""Images of the job each fault hits: 20 shards of 10, long enough to hit mid-way."""
+MAIN_IMAGES = 400
+"""Images of the job each fault hits: 40 shards of 10, long enough to hit mid-way."""
 JOB_TIMEOUT_S = 300.0
 
 
@@ -101,9 +102,13 @@ class Suite:
         passed = True
         try:
             yield note
-        except (CaseFailed, RuntimeError, StorageError, OSError, TimeoutError) as exc:
+        except CaseFailed as exc:
             passed = False
             note.add(f"FAIL: {str(exc).splitlines()[0][:300]}")
+        except Exception as exc:  # noqa: BLE001 - a harness or service crash fails the row, not the run
+            passed = False
+            first = (str(exc).splitlines() or [""])[0][:300]
+            note.add(f"FAIL: {type(exc).__name__}: {first}")
         peak = self.stack.monitor.peak_mb()
         if peak > self.rss_bound_mb:
             passed = False
@@ -407,37 +412,29 @@ JSON = {"content_type": "application/json"}
 
 
 def _poison(celery_queue: bool) -> list[tuple[str, bytes, dict[str, Any]]]:
-    """(what, body, publish properties) for each kind of poison on ``queue``."""
-    marker = uuid.uuid4().hex[:8]
+    """(marker, body, publish properties) for each kind of poison; the marker names the
+    kind and appears in the body, so a dead letter tells which message it was."""
+    token = uuid.uuid4().hex[:6]
+
+    def mark(kind: str) -> str:
+        return f"{kind}-{token}"
+
     found: list[tuple[str, bytes, dict[str, Any]]] = [
-        ("garbage", b"\x00\xff{garbage " + marker.encode(), {"content_type": "application/json"}),
+        (mark("garbage"), b"\x00\xff{" + mark("garbage").encode(), JSON),
+        (mark("wrong-json"), json.dumps({"hello": mark("wrong-json")}).encode(), JSON),
+        (mark("json-list"), json.dumps([mark("json-list"), 1]).encode(), JSON),
+        (mark("text-plain"), mark("text-plain").encode(), {"content_type": "text/plain"}),
         (
-            "wrong JSON",
-            json.dumps({"hello": marker}).encode(),
-            {"content_type": "application/json"},
-        ),
-        ("JSON list", b"[1, 2, 3]", {"content_type": "application/json"}),
-        ("text/plain", b"plain text " + marker.encode(), {"content_type": "text/plain"}),
-        (
-            "pickle",
-            b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00K\x01.",
+            mark("pickle"),
+            pickle.dumps(mark("pickle")),
             {"content_type": "application/x-python-serialize"},
         ),
     ]
     if celery_queue:
-        headers = {"task": TASK_SHARD, "id": f"poison-{marker}", "lang": "py", "argsrepr": ""}
-        body = json.dumps([[{"nonsense": True}], {}, {}]).encode()
-        found.append(
-            (
-                "task with wrong arguments",
-                body,
-                {
-                    "content_type": "application/json",
-                    "content_encoding": "utf-8",
-                    "headers": headers,
-                },
-            )
-        )
+        marker = mark("task-wrong-args")
+        headers = {"task": TASK_SHARD, "id": marker, "lang": "py", "argsrepr": ""}
+        body = json.dumps([[{"nonsense": marker}], {}, {}]).encode()
+        found.append((marker, body, {**JSON, "content_encoding": "utf-8", "headers": headers}))
     return found
 
 
@@ -445,11 +442,15 @@ def _depth(channel: Any, queue: str) -> int:
     return int(channel.queue_declare(queue, passive=True).message_count)
 
 
+def _as_bytes(body: bytes | str) -> bytes:
+    return body.encode() if isinstance(body, str) else bytes(body)
+
+
 def _drain_dead(channel: Any, queue: str) -> list[tuple[bytes, dict[str, Any]]]:
     letters = []
     while (message := channel.basic_get(queue, no_ack=True)) is not None:
         letters.append(
-            (bytes(message.body), dict(message.properties.get("application_headers") or {}))
+            (_as_bytes(message.body), dict(message.properties.get("application_headers") or {}))
         )
     return letters
 
@@ -471,13 +472,16 @@ def _poison_queue(channel: Any, queue: str, dead: str, celery_queue: bool, note:
         wait_for(settled, 45, f"{len(messages)} dead letters from {queue}")
     note.finish_s = round(time.monotonic() - begun, 1)
     with_reason = sum(1 for _, headers in letters if headers.get("x-synthdetect-reason"))
+    arrived = b"\n".join(body for body, _ in letters)
+    lost = [marker.rsplit("-", 1)[0] for marker, _, _ in messages if marker.encode() not in arrived]
     note.add(
         f"{len(messages)} sent, {len(letters)} dead-lettered, "
         f"{with_reason} with a reason, {_depth(channel, queue)} left"
+        + (f"; not dead-lettered: {', '.join(lost)}" if lost else "")
     )
     check(
-        len(letters) == len(messages) and with_reason == len(messages),
-        f"kinds sent: {', '.join(kind for kind, _, _ in messages)}",
+        len(letters) == len(messages) and with_reason == len(messages) and not lost,
+        "not every poison message reached the dead-letter queue with a reason",
     )
 
 
@@ -581,3 +585,16 @@ CASES = [
     Case("s3-outage-60s", lambda s: s3_outage(s, 60), "long"),
     Case("s3-outage-600s", lambda s: s3_outage(s, 600), "long"),
 ]
+
+
+def clean_starts(suite: Suite) -> None:
+    """Every worker the run started: none may log an error while starting."""
+    with suite.row("clean-start") as note:
+        started = suite.stack.workers
+        noisy = {w.name: w.start_errors() for w in started if w.start_errors()}
+        note.add(f"{len(started)} worker starts, {len(noisy)} logged errors while starting")
+        if noisy:
+            first = next(iter(noisy.values()))[0]
+            event = json.loads(first).get("event", first) if first.startswith("{") else first
+            note.add(f"e.g. {str(event)[:160]}")
+        check(not noisy, "a worker logged errors while starting")

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from scripts.faults.cases import CASES, RSS_BOUND_MB, Row, Suite
+from scripts.faults.cases import CASES, RSS_BOUND_MB, Row, Suite, clean_starts
 from scripts.faults.stack import Stack
 
 
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'case':<30} {'':<5} {'finish':>8}   {'peak RSS':>9}  note")
         for case in chosen:
             case.run(suite)
+        clean_starts(suite)
     rows = suite.rows
     failed = [r for r in rows if not r.passed]
     total_s = time.monotonic() - started

@@ -162,11 +162,16 @@ class Worker:
     def log_tail(self, lines: int = 25) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def error_lines(self) -> list[str]:
-        """Log lines at ERROR or CRITICAL level (JSON or Celery's own text lines)."""
+    def start_errors(self) -> list[str]:
+        """Lines at ERROR or CRITICAL level logged while the worker started (up to a few
+        lines after ``worker_ready``: Celery's consumer steps finish around it)."""
+        lines = self.log_text().splitlines()
+        ready = next((i for i, line in enumerate(lines) if '"worker_ready"' in line), None)
+        if ready is None:
+            return []
         return [
             line
-            for line in self.log_text().splitlines()
+            for line in lines[: ready + 3]
             if '"level": "error"' in line
             or '"level": "critical"' in line
             or "ERROR/" in line
@@ -201,7 +206,7 @@ class Stack:
 
     @staticmethod
     def _sample() -> list[Path]:
-        return sorted(SAMPLE.glob("*/*.jpg"))[:200]
+        return sorted(SAMPLE.glob("*/*.jpg"))
 
     @classmethod
     @contextmanager
@@ -224,8 +229,9 @@ class Stack:
     # --- faults on the services -------------------------------------------------------------
 
     def s3_down(self) -> None:
-        """Stop SeaweedFS: every S3 request is refused until ``s3_up``."""
-        self.seaweed.stop(grace_s=5.0)
+        """Kill SeaweedFS (SIGKILL: the outage starts at once; SIGTERM can take 15 s):
+        every S3 request is refused until ``s3_up``."""
+        self.seaweed.stop(grace_s=0.0)
 
     def s3_up(self) -> None:
         """Start SeaweedFS again on the same ports with the same data."""
