@@ -51,6 +51,8 @@ RSS_BOUND_MB = 1536.0
 MAIN_IMAGES = 400
 """Images of the job each fault hits: 40 shards of 10, long enough to hit mid-way."""
 JOB_TIMEOUT_S = 300.0
+POISON_QUIET_S = 8.0
+"""A queue empty and no new dead letter for this long: the missing ones were dropped."""
 
 
 @dataclass
@@ -464,9 +466,19 @@ def _poison_queue(channel: Any, queue: str, dead: str, celery_queue: bool, note:
     begun = time.monotonic()
     letters: list[tuple[bytes, dict[str, Any]]] = []
 
+    last_change = [time.monotonic()]
+
     def settled() -> bool:
-        letters.extend(_drain_dead(channel, dead))
-        return len(letters) >= len(messages) and _depth(channel, queue) == 0
+        """All letters in; or the queue empty and nothing new for ``POISON_QUIET_S``."""
+        arrived = _drain_dead(channel, dead)
+        if arrived:
+            letters.extend(arrived)
+            last_change[0] = time.monotonic()
+        if _depth(channel, queue) != 0:
+            last_change[0] = time.monotonic()
+            return False
+        quiet = time.monotonic() - last_change[0] >= POISON_QUIET_S
+        return len(letters) >= len(messages) or quiet
 
     with contextlib.suppress(CaseFailed):  # reported below with what did arrive
         wait_for(settled, 45, f"{len(messages)} dead letters from {queue}")
