@@ -192,7 +192,7 @@ def sigkill(suite: Suite) -> None:
     """SIGKILL the worker after a random delay across the job's stages; a new worker
     (the next run's victim) must finish the job."""
     runs = 1 if suite.quick else suite.sigkill_runs
-    span = (suite.baseline_s or 8.0) * 1.2
+    span = (suite.baseline_s or 8.0) * 0.9  # most kills land mid-job, a few after it
     with workers(suite, "kill") as (settings, app, started):
         current = started[0]
         for run in range(1, runs + 1):
