@@ -48,6 +48,7 @@ from contracts.results import (
     Provenance,
     ProvenanceSource,
     RetrainSummary,
+    ShardFailure,
     Timings,
 )
 
@@ -83,6 +84,7 @@ __all__ = [
     "ProvenanceSource",
     "RetrainJob",
     "RetrainSummary",
+    "ShardFailure",
     "ShardItem",
     "TarDataset",
     "TarInput",

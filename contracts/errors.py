@@ -19,7 +19,13 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     """The store refused access (credentials, bucket policy)."""
     FETCH_FAILED = "fetch_failed"
-    """Reading the object failed for another reason (network, timeout, server error)."""
+    """Reading the object failed for another reason than those below."""
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    """The store did not answer, throttled or failed on its side (5xx) for longer than the
+    worker's retry window (``SYNTHDETECT_STORAGE_RETRY_WINDOW_S``); resubmit the job later."""
+    STORAGE_REJECTED = "storage_rejected"
+    """The store answered 4xx to the request (not 403, 404, throttling or a timeout), e.g.
+    an invalid bucket name; retrying the same request cannot succeed."""
     EMPTY_FILE = "empty_file"
     """The object has zero bytes."""
     TOO_LARGE = "too_large"

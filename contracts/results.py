@@ -161,6 +161,27 @@ class Timings(Contract):
     images_per_s: float = Field(ge=0)
 
 
+class ShardFailure(Contract):
+    """A shard that gave up: its storage failed for good or for longer than the retry window.
+
+    Its images that were read before the failure keep their results; the others are
+    listed with ``code`` as their error, unless the shard could not even learn which
+    images it holds (a prefix that could not be listed, a tar that could not be read):
+    then ``images_unlisted`` is true and ``inputs`` says what was not read.
+    """
+
+    index: NonNegativeInt
+    code: ErrorCode
+    message: str
+    images_unlisted: bool = Field(
+        default=False,
+        description="True when some of the shard's images are unknown and in no count.",
+    )
+    inputs: str | None = Field(
+        default=None, description="What the shard could not read (a prefix, a tar byte range)."
+    )
+
+
 class JobSummary(Contract):
     """The outcome of a classify job, written after its last shard finishes.
 
@@ -185,6 +206,9 @@ class JobSummary(Contract):
         default=None, description="Inline per-image results, for small jobs' callbacks only."
     )
     error: str | None = Field(default=None, description="Why a job failed as a whole.")
+    failed_shards: list[ShardFailure] | None = Field(
+        default=None, description="Shards that gave up, with why (absent when none did)."
+    )
 
 
 class RetrainSummary(Contract):

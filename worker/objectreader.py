@@ -31,7 +31,13 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store as ObstoreS3
 
-from worker.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, StorageError
+from worker.errors import (
+    AccessDenied,
+    ObjectNotFound,
+    ObjectTooLarge,
+    RequestRejected,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from obstore.store import S3Credential
@@ -72,6 +78,26 @@ def addressable(key: str) -> bool:
     if _CONTROL.search(key):
         return False
     return not any(part in (".", "..") for part in key.split("/"))
+
+
+_STATUS = re.compile(r"\b(?:status(?: code)?:?\s*)(\d{3})\b", re.IGNORECASE)
+"""How object_store reports an HTTP answer: "... non-success status code: 400 Bad Request"."""
+
+
+def classify_obstore_error(exc: BaseException, action: str, uri: str) -> StorageError:
+    """The ``StorageError`` for an obstore failure that is not not-found or permission.
+
+    object_store has no class for "the server answered 4xx": its status sits in the
+    message. A 4xx other than 408, 409 and 429 is permanent (``RequestRejected``);
+    everything else (5xx, throttling, refused or reset connections, timeouts) stays
+    a transient ``StorageError``.
+    """
+    match = _STATUS.search(str(exc))
+    status = int(match.group(1)) if match else None
+    line = _first_line(exc)
+    if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
+        return RequestRejected(f"the store rejected the request: cannot {action} {uri}: {line}")
+    return StorageError(f"cannot {action} {uri}: {line}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -121,7 +147,7 @@ class ObjectReader:
         except (PermissionDeniedError, UnauthenticatedError, PermissionError) as exc:
             raise AccessDenied(f"access denied: cannot read {uri} ({_first_line(exc)})") from exc
         except (BaseError, OSError, RuntimeError) as exc:
-            raise StorageError(f"cannot read {uri}: {_first_line(exc)}") from exc
+            raise classify_obstore_error(exc, "read", uri) from exc
 
     def put_bytes(self, bucket: str, key: str, uri: str, data: bytes, content_type: str) -> None:
         """One PUT replacing any previous object."""
@@ -136,7 +162,7 @@ class ObjectReader:
         except (PermissionDeniedError, UnauthenticatedError, PermissionError) as exc:
             raise AccessDenied(f"access denied: cannot write {uri} ({_first_line(exc)})") from exc
         except (BaseError, OSError, RuntimeError) as exc:
-            raise StorageError(f"cannot write {uri}: {_first_line(exc)}") from exc
+            raise classify_obstore_error(exc, "write", uri) from exc
 
     def _store(self, bucket: str) -> ObstoreS3:
         store = self._stores.get(bucket)

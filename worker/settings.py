@@ -164,6 +164,59 @@ class Settings(BaseSettings):
         description="Seconds to wait for S3 to send the next bytes of a response.",
     )
 
+    # --- failures: how long to wait for storage and the broker --------------------------
+    storage_retry_window_s: float = Field(
+        default=900.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "How long a shard (or a job's listing, or a callback) keeps retrying transient "
+            "storage failures (no answer, timeouts, throttling, 5xx), counted from its first "
+            "failure. Then it gives up: its unread images are listed with storage_unavailable "
+            "and the job is finalised (partial or failed) with its callback. 4xx answers "
+            "(403, 404, 400, ...) are never retried."
+        ),
+    )
+    storage_retry_backoff_base_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description=(
+            "First delay between retries of a failed shard; it doubles per retry up to "
+            "SYNTHDETECT_STORAGE_RETRY_BACKOFF_MAX_S, each drawn between half and all of it."
+        ),
+    )
+    storage_retry_backoff_max_s: float = Field(
+        default=60.0, gt=0, le=900, description="Longest delay between retries of a failed shard."
+    )
+    broker_publish_retry_s: float = Field(
+        default=120.0,
+        ge=0,
+        le=3600,
+        description=(
+            "How long a worker keeps trying to publish a message (a shard, a retry, a "
+            "callback attempt) while the broker is unreachable, before the task fails and "
+            "its message is redelivered (owed callbacks are also found by the sweeper)."
+        ),
+    )
+    callback_sweep_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "How often a worker looks for owed callbacks (a summary without a finished "
+            "delivery, recorded under <bucket>/_synthdetect/pending-callbacks/) and queues "
+            "them; also once at start. 0 = never."
+        ),
+    )
+    callback_sweep_buckets: list[str] = Field(
+        default_factory=list,
+        description=(
+            'Results buckets the sweeper looks in, as JSON ["results"]; empty = every bucket '
+            "the worker's credentials can list."
+        ),
+    )
+
     # --- queue worker: broker and queues ------------------------------------------
     broker_url: str = Field(
         default="amqp://guest:guest@127.0.0.1:5672//",

@@ -7,7 +7,11 @@ boto3 or ``OSError``. Failures surface as ``worker.errors.StorageError`` subclas
 - ``ObjectNotFound``: no object (or file, or bucket) at the address;
 - ``AccessDenied``: the store refused the request (HTTP 403, file permissions);
 - ``ObjectTooLarge``: larger than the caller's limit, and the body was not read;
-- ``StorageError``: anything else (network, timeouts, server errors), with the S3 code.
+- ``RequestRejected``: any other 4xx but throttling and timeouts (400, 405, 411, ...);
+- ``StorageError``: anything else (network, timeouts, throttling, 5xx), with the S3 code.
+
+The first four are permanent (``StorageError.transient`` is False): retrying them
+only delays the answer. ``classify_s3_error`` draws that line for S3 answers.
 
 Addresses are strings: ``s3://bucket/key`` for S3, and plain paths or ``file://``
 URIs for local files (the embedded mode). ``Storage`` routes by that scheme.
@@ -29,7 +33,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, StorageError
+from worker.errors import (
+    AccessDenied,
+    ObjectNotFound,
+    ObjectTooLarge,
+    RequestRejected,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -248,6 +258,11 @@ class S3Store:
             return False
         return True
 
+    def list_buckets(self) -> list[str]:
+        """Names of the buckets these credentials can list (ListBuckets)."""
+        with _s3_errors("list", S3_SCHEME):
+            return [bucket["Name"] for bucket in self.client.list_buckets().get("Buckets", [])]
+
     def delete(self, uri: str) -> None:
         """DeleteObject (which S3 answers with success for a missing key, too)."""
         bucket, key = parse_s3_uri(uri)
@@ -285,18 +300,61 @@ def _s3_errors(action: str, uri: str) -> Iterator[None]:
         raise StorageError(f"cannot {action} {uri}: {exc}") from exc
 
 
+THROTTLING_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestTimeout",
+        "OperationAborted",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+"""S3 error codes that mean "try again later", whatever their HTTP status."""
+
+_TRANSIENT_4XX = frozenset({408, 409, 429})
+"""Request Timeout, Conflict (S3's OperationAborted), Too Many Requests."""
+
+
+def classify_s3_error(code: str, status: int | None) -> type[StorageError]:
+    """The ``StorageError`` class for an S3 error answer (``code``, HTTP ``status``).
+
+    Permanent: missing bucket or key (404), refused (403), any other 4xx that is not
+    a timeout, conflict or throttling (400 InvalidBucketName, 405, 411, 416, ...).
+    Transient: throttling and timeouts by code or status, every 5xx, and answers
+    without a status (the connection failed).
+    """
+    if code in ("NoSuchBucket", "NoSuchKey", "NotFound", "404") or status == 404:
+        return ObjectNotFound
+    if code in ("AccessDenied", "Forbidden", "403", "InvalidAccessKeyId") or status == 403:
+        return AccessDenied
+    if code in THROTTLING_CODES or status is None or status in _TRANSIENT_4XX or status >= 500:
+        return StorageError
+    if 400 <= status < 500:
+        return RequestRejected
+    return StorageError
+
+
 def _map_client_error(exc: ClientError, action: str, uri: str) -> StorageError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", "Unknown"))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code == "NoSuchBucket":
+    kind = classify_s3_error(code, status)
+    if kind is ObjectNotFound and code == "NoSuchBucket":
         bucket = uri[len(S3_SCHEME) :].partition("/")[0]
         return ObjectNotFound(f"bucket {bucket!r} does not exist (cannot {action} {uri})")
-    if code in ("NoSuchKey", "NotFound", "404") or status == 404:
+    if kind is ObjectNotFound:
         return ObjectNotFound(f"no object at {uri}")
-    if code in ("AccessDenied", "Forbidden", "403") or status == 403:
+    if kind is AccessDenied:
         return AccessDenied(f"access denied: cannot {action} {uri} ({code})")
     detail = f"{code} (HTTP {status}) {error.get('Message', '')}".rstrip()
+    if kind is RequestRejected:
+        return RequestRejected(f"the store rejected the request: cannot {action} {uri}: {detail}")
     return StorageError(f"cannot {action} {uri}: {detail}")
 
 
@@ -511,6 +569,11 @@ class Storage:
                 if self._s3 is None:
                     self._s3 = self._s3_factory()
         return self._s3
+
+    def s3_buckets(self) -> list[str]:
+        """The S3 buckets the credentials can list; empty for a store that cannot list them."""
+        lister = getattr(self.s3, "list_buckets", None)
+        return list(lister()) if callable(lister) else []
 
     def store_for(self, uri: str) -> ObjectStore:
         """The store that serves ``uri``."""

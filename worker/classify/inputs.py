@@ -57,7 +57,8 @@ class InputItem:
 
     ``uri`` is an ``s3://`` address, a local path, or ``<tar address>#<member name>``.
     ``load()`` returns the image's bytes or raises ``ImageFailure`` with code
-    ``not_found``, ``forbidden``, ``too_large``, ``empty_file`` or ``fetch_failed``.
+    ``not_found``, ``forbidden``, ``too_large``, ``empty_file``, ``storage_unavailable``
+    (transient: the shard retries), ``storage_rejected`` or ``fetch_failed``.
     ``in_memory`` says ``load`` only hands over bytes already read (tar members), so
     the pipeline decodes such items in chunks instead of giving each a fetch thread;
     ``size`` is then their byte count (0 when unknown).
@@ -87,10 +88,21 @@ def _load_object(storage: Storage, uri: str, max_bytes: int) -> bytes:
     except ObjectTooLarge as exc:
         raise ImageFailure(ErrorCode.TOO_LARGE, str(exc)) from exc
     except StorageError as exc:
-        raise ImageFailure(ErrorCode.FETCH_FAILED, str(exc)) from exc
+        raise ImageFailure(_storage_code(exc), str(exc)) from exc
     if not data:
         raise ImageFailure(ErrorCode.EMPTY_FILE, f"{uri} has zero bytes")
     return data
+
+
+def _storage_code(exc: StorageError) -> ErrorCode:
+    """``storage_unavailable`` for transient failures (the shard retries those), the error's own
+    code for permanent ones (``storage_rejected``), ``fetch_failed`` for anything else."""
+    if exc.transient:
+        return ErrorCode.STORAGE_UNAVAILABLE
+    try:
+        return ErrorCode(exc.code)
+    except ValueError:
+        return ErrorCode.FETCH_FAILED
 
 
 # --- the CLI's paths ---------------------------------------------------------------------

@@ -8,6 +8,8 @@
     <output.uri>/<job_id>/finalize.claim              which shard finalises the job
     <output.uri>/<job_id>/summary.json                the JobSummary
     <output.uri>/<job_id>/delivery.json               callback attempts
+    <output.uri>/<job_id>/delivery/attempt-00001.claim  who makes callback attempt 1
+    s3://<bucket>/_synthdetect/pending-callbacks/<id>.json  a callback is owed (swept)
 
 Every write replaces a whole object, so a redelivered shard overwrites its own
 part and marker instead of appending duplicates. A part is written before its
@@ -16,10 +18,15 @@ marker present claims ``finalize.claim`` with a conditional PUT (exactly one
 claim wins); the claim names the shard, so when the winner dies before the
 summary is written, its redelivered message recognises its own claim and
 finishes the job.
+
+A shard that gave up (``worker.classify.runner.give_up_shard``) writes a part and
+a marker like any other, with a ``ShardFailure`` in the marker: the job counts
+it as finished, and its summary lists the failure.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -28,10 +35,18 @@ from typing import Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from contracts import ClassifyJob, Counts, ImageResult, JobSummary, ModelId, Timings
+from contracts import (
+    ClassifyJob,
+    Counts,
+    ImageResult,
+    JobSummary,
+    ModelId,
+    ShardFailure,
+    Timings,
+)
 from worker.classify.tally import ResultTally
 from worker.errors import ObjectNotFound
-from worker.storage import Storage, join_uri
+from worker.storage import S3_SCHEME, Storage, join_uri, parse_s3_uri
 
 JSON = "application/json"
 JSON_LINES = "application/x-ndjson"
@@ -63,6 +78,11 @@ class RecordLayout:
     def delivery(self) -> str:
         return join_uri(self.base, "delivery.json")
 
+    @property
+    def delivery_claims(self) -> str:
+        """Prefix of the callback attempt claims (``worker.webhooks.attempts``)."""
+        return join_uri(self.base, "delivery") + "/"
+
 
 @dataclass(frozen=True)
 class JobLayout(RecordLayout):
@@ -81,6 +101,31 @@ class JobLayout(RecordLayout):
     @property
     def claim(self) -> str:
         return join_uri(self.base, "finalize.claim")
+
+    @property
+    def pending(self) -> str:
+        """The owed-callback marker: at the results bucket's root, where a sweeper finds it."""
+        return pending_marker_uri(self.base)
+
+
+PENDING_PREFIX = "_synthdetect/pending-callbacks/"
+"""Where owed-callback markers live in a results bucket (``worker.classify.owed``)."""
+
+
+def pending_root(uri: str) -> str:
+    """The pending-callbacks folder for the job folder ``uri``: its bucket's root on S3,
+    the output folder (the job folder's parent) elsewhere."""
+    if uri.startswith(S3_SCHEME):
+        bucket, _ = parse_s3_uri(uri)
+        return f"{S3_SCHEME}{bucket}/{PENDING_PREFIX}"
+    return join_uri(uri.rstrip("/").rsplit("/", 1)[0], PENDING_PREFIX) + "/"
+
+
+def pending_marker_uri(job_base: str) -> str:
+    """A marker name unique per job folder (the same job id may be used under other prefixes)."""
+    digest = hashlib.sha256(job_base.encode()).hexdigest()[:16]
+    job_id = job_base.rstrip("/").rsplit("/", 1)[-1]
+    return f"{pending_root(job_base)}{digest}-{job_id[:100]}.json"
 
 
 class _Record(BaseModel):
@@ -104,6 +149,8 @@ class ShardDone(_Record):
     started_at: AwareDatetime
     finished_at: AwareDatetime
     error: str | None = None
+    failure: ShardFailure | None = None
+    """Set when the shard gave up (its images without a result are listed with an error)."""
 
 
 def write_job_record(storage: Storage, layout: JobLayout, record: JobRecord) -> None:
@@ -124,6 +171,7 @@ def write_shard_results(
     results: list[ImageResult],
     started_at: datetime,
     error: str | None = None,
+    failure: ShardFailure | None = None,
 ) -> ShardDone:
     """Replace the shard's part, then its done marker; returns the marker."""
     tally = ResultTally()
@@ -141,6 +189,7 @@ def write_shard_results(
         started_at=started_at,
         finished_at=datetime.now(UTC),
         error=error,
+        failure=failure,
     )
     storage.put_bytes(layout.done(index), done.model_dump_json().encode(), JSON)
     return done
@@ -210,6 +259,7 @@ def assemble_summary(markers: list[ShardDone], record: JobRecord, layout: JobLay
         parts=[layout.part(i) for i in range(record.shards)],
         summary_uri=layout.summary,
         error="; ".join(errors) or None,
+        failed_shards=[m.failure for m in markers if m.failure] or None,
     )
 
 

@@ -3,8 +3,19 @@
 Every task shares one ``_Runtime`` per process: settings, storage, the
 inference engine (created on first use, so CUDA starts in the process that
 scores, never before a fork) and the callback HTTP client. Cross-cutting
-behaviour sits in ``JobTask``: transient storage errors are retried with
-backoff, and a task that fails for good is dead-lettered with its reason.
+behaviour sits in ``JobTask`` and ``_on_storage_failure``:
+
+- transient storage errors are retried over ``storage_retry_window_s`` from the
+  first failure (``worker.queue.retrywindow``; the state travels in the message's
+  ``retry`` kwarg, the delay is kept by the broker); when the window is spent, or
+  at once for a permanent error, the shard or job *gives up*: it is recorded as
+  finished with its failure, and the job is finalised and called back;
+- every publish (shards, retries, callback attempts) is retried for
+  ``broker_publish_retry_s`` across a broker outage;
+- on SIGTERM a shard that cannot finish within ``shutdown_grace_s`` is handed
+  back (RabbitMQ: reject with requeue; SQS: the same message sent again, the
+  original acknowledged), so nothing waits for a visibility timeout;
+- a task that fails for good is dead-lettered with its reason.
 """
 
 from __future__ import annotations
@@ -12,23 +23,29 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
 from celery import Task, signals
+from celery.exceptions import Reject
 
 from contracts import ClassifyShard
+from worker.classify import owed
 from worker.classify import runner as jobs
 from worker.classify.priority import PRIORITY
-from worker.errors import JobRejected, StorageError
+from worker.errors import JobRejected, StorageError, WorkHandedBack
+from worker.lifecycle import SHUTDOWN
 from worker.logs import get_logger
 from worker.metrics import record_batch
 from worker.queue import probes, queuewait  # noqa: F401 - queuewait hooks Celery's signals
 from worker.queue.app import app
 from worker.queue.deadletter import DeadLetterSink, dead_letter, dead_letter_sink
 from worker.queue.ingest import validate_job
+from worker.queue.retrywindow import GiveUp, RetryState, RetryWindow
 from worker.queue.topology import TASK_ACCEPT, TASK_DELIVER, TASK_SHARD, QueueNames
 from worker.retrain import records as retrain_records
 from worker.settings import Settings, get_settings
@@ -42,6 +59,23 @@ log = get_logger(__name__)
 
 SQS_MAX_DELAY_S = 900
 
+_PUBLISH_INTERVAL_MAX_S = 5.0
+
+
+def publish_retry_policy(seconds: float) -> dict[str, float]:
+    """kombu's retry policy for a publish that keeps trying for about ``seconds``:
+    waits of 0, 1, 2, ... up to 5 s between tries."""
+    total, tries = 0.0, 0
+    while total < seconds:
+        total += min(float(tries), _PUBLISH_INTERVAL_MAX_S)
+        tries += 1
+    return {
+        "max_retries": max(tries, 1),
+        "interval_start": 0,
+        "interval_step": 1,
+        "interval_max": _PUBLISH_INTERVAL_MAX_S,
+    }
+
 
 class _Runtime:
     """The process's shared objects, created once and on first use (thread-safe)."""
@@ -54,6 +88,8 @@ class _Runtime:
         self._engine: InferenceEngine | None = None
         self._client: httpx.Client | None = None
         self._dead: DeadLetterSink | None = None
+        self.window = RetryWindow.from_settings(settings)
+        self.publish_policy = publish_retry_policy(settings.broker_publish_retry_s)
 
     def engine(self) -> InferenceEngine:
         if self._engine is None:
@@ -103,6 +139,35 @@ class _Runtime:
             TASK_SHARD,
             args=[shard.model_dump(mode="json", exclude_none=True)],
             queue=self.names.for_priority(shard.priority),
+            retry=True,
+            retry_policy=self.publish_policy,
+        )
+
+    def delay_options(self, delay_s: float) -> dict[str, Any]:
+        """How a message is held back ``delay_s`` seconds by the broker.
+
+        RabbitMQ: Celery's native delayed delivery (quorum queues). SQS: the
+        message's DelaySeconds (at most 900 s; longer delays fall back to an ETA
+        the worker holds, which the visibility timeout must outlast).
+        """
+        if delay_s <= 0:
+            return {}
+        seconds = max(1, math.ceil(delay_s))
+        if self.settings.broker_kind == "sqs" and seconds <= SQS_MAX_DELAY_S:
+            return {"delay_seconds": seconds}
+        return {"countdown": seconds}
+
+    def republish(
+        self, task: str, args: list[Any], kwargs: dict[str, Any], delay_s: float = 0.0
+    ) -> None:
+        """Send a task message again (a retry after a delay, or a hand-back)."""
+        app.send_task(
+            task,
+            args=args,
+            kwargs=kwargs,
+            retry=True,
+            retry_policy=self.publish_policy,
+            **self.delay_options(delay_s),
         )
 
     def enqueue_delivery(
@@ -112,21 +177,29 @@ class _Runtime:
 
         ``location`` is where the job's records are: a classify job's output URI,
         a retrain job's jobs root (so any worker can deliver, whatever its registry).
-
-        RabbitMQ: Celery's native delayed delivery (quorum queues). SQS: the
-        message's DelaySeconds (at most 900 s; longer delays fall back to an ETA
-        the worker holds, which the visibility timeout must outlast).
+        The publish is retried across a broker outage (``broker_publish_retry_s``);
+        if it still fails, the owed-callback marker lets the sweeper send it later.
         """
-        options: dict[str, Any] = {"queue": self.names.callbacks}
-        if delay_s > 0:
-            seconds = max(1, math.ceil(delay_s))
-            if self.settings.broker_kind == "sqs" and seconds <= SQS_MAX_DELAY_S:
-                options["delay_seconds"] = seconds
-            else:
-                options["countdown"] = seconds
+        options: dict[str, Any] = {"queue": self.names.callbacks, **self.delay_options(delay_s)}
         if kind != "classify":
             options["kwargs"] = {"kind": kind}
-        app.send_task(TASK_DELIVER, args=[job_id, location], **options)
+        app.send_task(
+            TASK_DELIVER,
+            args=[job_id, location],
+            retry=True,
+            retry_policy=self.publish_policy,
+            **options,
+        )
+
+    def sweep_owed_callbacks(self) -> int:
+        """Queue every owed callback in the results buckets (see ``worker.classify.owed``)."""
+        buckets = self.settings.callback_sweep_buckets or self.storage.s3_buckets()
+        return owed.sweep(
+            self.storage,
+            owed.sweep_roots(buckets),
+            self.enqueue_delivery,
+            grace_s=self.settings.callback_sweep_interval_s,
+        )
 
     def close(self) -> None:
         if self._engine is not None:
@@ -140,13 +213,7 @@ probes.install(app)
 
 
 class JobTask(Task[..., None]):
-    """Retries transient storage failures; dead-letters whatever fails for good."""
-
-    autoretry_for = (StorageError,)
-    retry_backoff = 2
-    retry_backoff_max = 120
-    retry_jitter = True
-    max_retries = 6
+    """Dead-letters whatever fails for good (storage retries: ``_on_storage_failure``)."""
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -161,6 +228,70 @@ class JobTask(Task[..., None]):
             log.exception("dead_letter_failed", reason=reason, job_id=job_id)
 
 
+def _on_storage_failure(
+    task: str,
+    exc: StorageError,
+    state: RetryState | None,
+    args: list[Any],
+    give_up: Callable[[RetryState], None] | None,
+) -> None:
+    """Retry a task whose storage failed, within the window; then give up (or raise).
+
+    ``give_up`` records the failure for the job; None: the task has nothing to
+    record (a callback attempt: its owed marker stays, and the sweeper retries)
+    and the error is raised (dead-letter).
+    """
+    decision = runtime.window.after_failure(state, time.time(), exc.transient, str(exc), exc.code)
+    if isinstance(decision, GiveUp):
+        log.warning(
+            "storage_gave_up",
+            code=exc.code,
+            transient=exc.transient,
+            error=str(exc),
+            retries=decision.state.retries,
+            window_s=runtime.window.window_s,
+        )
+        if give_up is None:
+            raise exc
+        _give_up(task, decision.state, args, give_up)
+        return
+    log.warning(
+        "storage_retry",
+        error=str(exc),
+        retry=decision.state.retries,
+        delay_s=round(decision.delay_s, 1),
+        failing_for_s=round(time.time() - decision.state.first_failure_at, 1),
+    )
+    runtime.republish(task, args, {"retry": decision.state.to_message()}, decision.delay_s)
+
+
+def _give_up(
+    task: str, state: RetryState, args: list[Any], give_up: Callable[[RetryState], None]
+) -> None:
+    """Record the failure; while the results bucket cannot take it, try again later."""
+    try:
+        give_up(state)
+    except StorageError as exc:
+        again = runtime.window.after_failed_give_up(state, time.time()) if exc.transient else None
+        if again is None:
+            raise
+        log.warning("give_up_not_recorded", error=str(exc), delay_s=again.delay_s)
+        runtime.republish(task, args, {"retry": again.state.to_message()}, again.delay_s)
+
+
+def _hand_back(task: str, args: list[Any], kwargs: dict[str, Any], reason: str) -> None:
+    """Give a message that this worker will not finish back to the queue, now.
+
+    RabbitMQ: reject with requeue (the message keeps its place and delivery count).
+    SQS: the same message is sent again and the original acknowledged, which
+    frees it at once instead of after the visibility timeout.
+    """
+    log.info("work_handed_back", reason=reason, grace_left_s=SHUTDOWN.remaining_s())
+    if runtime.settings.broker_kind == "amqp":
+        raise Reject(reason, requeue=True)
+    runtime.republish(task, args, kwargs)
+
+
 def _job_id_from_args(args: Any) -> str | None:
     first = args[0] if args else None
     if isinstance(first, dict):
@@ -170,37 +301,92 @@ def _job_id_from_args(args: Any) -> str | None:
 
 
 @app.task(name=TASK_ACCEPT, base=JobTask)
-def accept_job(job: dict[str, Any]) -> None:
+def accept_job(job: dict[str, Any], retry: dict[str, Any] | None = None) -> None:
     """A ClassifyJob from any producer (the Python client, or ``PlainJsonIngest``)."""
     parsed = validate_job(job)
+    state = RetryState.from_message(retry)
     with structlog.contextvars.bound_contextvars(job_id=parsed.job_id):
-        jobs.accept_job(parsed, runtime.services())
+        services = runtime.services()
+        if state is not None and state.giving_up:
+            _give_up(
+                TASK_ACCEPT,
+                state,
+                [job],
+                lambda s: jobs.give_up_job(parsed, services, s.code, s.reason),
+            )
+            return
+        try:
+            jobs.accept_job(parsed, services)
+        except WorkHandedBack as exc:
+            _hand_back(TASK_ACCEPT, [job], {"retry": retry} if retry else {}, str(exc))
+        except StorageError as exc:
+            failure = exc if isinstance(exc, jobs.ShardStorageFailure) else None
+            _on_storage_failure(
+                TASK_ACCEPT,
+                exc,
+                state,
+                [job],
+                lambda s: jobs.give_up_job(parsed, services, s.code, s.reason, failure),
+            )
 
 
 @app.task(name=TASK_SHARD, base=JobTask)
-def classify_shard(shard: dict[str, Any]) -> None:
+def classify_shard(shard: dict[str, Any], retry: dict[str, Any] | None = None) -> None:
     """One shard of a split job."""
     parsed = ClassifyShard.from_json_value(shard)
+    state = RetryState.from_message(retry)
     with structlog.contextvars.bound_contextvars(job_id=parsed.job_id, shard=parsed.index):
-        jobs.run_shard(parsed, runtime.services())
+        services = runtime.services()
+        if state is not None and state.giving_up:
+            _give_up(
+                TASK_SHARD,
+                state,
+                [shard],
+                lambda s: jobs.give_up_shard(parsed, services, s.code, s.reason),
+            )
+            return
+        try:
+            jobs.run_shard(parsed, services)
+        except WorkHandedBack as exc:
+            _hand_back(TASK_SHARD, [shard], {"retry": retry} if retry else {}, str(exc))
+        except StorageError as exc:
+            results = exc.results if isinstance(exc, jobs.ShardStorageFailure) else None
+            _on_storage_failure(
+                TASK_SHARD,
+                exc,
+                state,
+                [shard],
+                lambda s: jobs.give_up_shard(parsed, services, s.code, s.reason, results),
+            )
 
 
 @app.task(name=TASK_DELIVER, base=JobTask)
-def deliver_callback(job_id: str, location: str, kind: str = "classify") -> None:
+def deliver_callback(
+    job_id: str, location: str, kind: str = "classify", retry: dict[str, Any] | None = None
+) -> None:
     """One webhook attempt for a finished classify (or retrain) job."""
     with structlog.contextvars.bound_contextvars(job_id=job_id):
-        if kind == "retrain":
-            retrain_records.deliver(job_id, location, runtime.retrain_services(), runtime.client())
-        elif kind == "classify":
-            jobs.deliver(job_id, location, runtime.services(), runtime.client())
-        else:
-            raise JobRejected(f"unknown callback kind {kind!r}")
+        try:
+            if kind == "retrain":
+                retrain_records.deliver(
+                    job_id, location, runtime.retrain_services(), runtime.client()
+                )
+            elif kind == "classify":
+                jobs.deliver(job_id, location, runtime.services(), runtime.client())
+            else:
+                raise JobRejected(f"unknown callback kind {kind!r}")
+        except StorageError as exc:
+            _on_storage_failure(
+                TASK_DELIVER, exc, RetryState.from_message(retry), [job_id, location, kind], None
+            )
 
 
 @signals.worker_ready.connect(weak=False)
 def _on_ready(sender: Any = None, **_: Any) -> None:
     queues = sorted(app.amqp.queues.consume_from)
     probes.start(runtime.settings, runtime.engine, queues, runtime.names.retrain)
+    if set(queues) != {runtime.names.retrain}:
+        start_sweeper()
     # What this worker really consumes and runs (-Q and -c override the settings).
     controller = getattr(sender, "controller", None)
     log.info(
@@ -211,6 +397,37 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     )
 
 
+@signals.worker_shutting_down.connect(weak=False)
+def _on_shutting_down(**_: Any) -> None:
+    """SIGTERM (or any warm shutdown): running shards now finish within the grace or hand
+    their message back; readiness fails; the sweeper stops."""
+    SHUTDOWN.begin(runtime.settings.shutdown_grace_s)
+    log.info("worker_shutting_down", grace_s=runtime.settings.shutdown_grace_s)
+
+
 @signals.worker_shutdown.connect(weak=False)
 def _on_shutdown(**_: Any) -> None:
     runtime.close()
+
+
+def _sweep_owed_callbacks() -> None:
+    """At start and every ``callback_sweep_interval_s``, queue what callbacks are owed."""
+    interval = runtime.settings.callback_sweep_interval_s
+    while not SHUTDOWN.is_set():
+        try:
+            queued = runtime.sweep_owed_callbacks()
+            if queued:
+                log.info("owed_callbacks_queued", count=queued)
+        except Exception:
+            log.exception("sweep_failed")
+        if SHUTDOWN.sleep(interval):
+            return
+
+
+def start_sweeper() -> threading.Thread | None:
+    """The sweeper thread (None when ``callback_sweep_interval_s`` is 0)."""
+    if runtime.settings.callback_sweep_interval_s <= 0:
+        return None
+    thread = threading.Thread(target=_sweep_owed_callbacks, name="owed-callbacks", daemon=True)
+    thread.start()
+    return thread

@@ -175,7 +175,7 @@ def run_retrain_job(job: RetrainJob, services: RetrainServices) -> RetrainSummar
             duration_s=summary.duration_s,
         )
     if job.callback is not None:
-        target = CallbackTarget(job.job_id, job.callback, layout.delivery)
+        target = CallbackTarget(job.job_id, job.callback, layout.delivery, layout.delivery_claims)
         if delivery_pending(storage, target):
             services.enqueue_delivery(job.job_id, root, 0.0)
     return summary

@@ -69,7 +69,7 @@ def deliver(
         log.warning("nothing_to_deliver", has_record=job is not None, has_summary=bool(summary))
         return None
     return attempt_delivery(
-        CallbackTarget(job_id, job.callback, layout.delivery),
+        CallbackTarget(job_id, job.callback, layout.delivery, layout.delivery_claims),
         lambda: summary.model_dump_json(exclude_none=True).encode(),
         services.settings,
         storage,

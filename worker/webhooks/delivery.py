@@ -186,7 +186,8 @@ class AttemptRecord(BaseModel):
     status_code: int | None = None
     error: str | None = None
     duration_ms: float
-    outcome: Literal["delivered", "retry", "stopped", "gave_up", "refused"]
+    outcome: Literal["delivered", "retry", "stopped", "gave_up", "refused", "lost"]
+    """``lost``: claimed by a sender that stopped before recording what came of it."""
     next_delay_s: float | None = None
 
 

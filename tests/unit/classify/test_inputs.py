@@ -29,6 +29,7 @@ from worker.errors import (
     JobRejected,
     ObjectNotFound,
     ObjectTooLarge,
+    RequestRejected,
     StorageError,
 )
 from worker.storage import Storage
@@ -90,7 +91,8 @@ class _Failing(MemoryStore):
         (ObjectNotFound("gone"), ErrorCode.NOT_FOUND),
         (AccessDenied("no"), ErrorCode.FORBIDDEN),
         (ObjectTooLarge("s3://b/k", 10, 5), ErrorCode.TOO_LARGE),
-        (StorageError("SlowDown"), ErrorCode.FETCH_FAILED),
+        (StorageError("SlowDown"), ErrorCode.STORAGE_UNAVAILABLE),
+        (RequestRejected("InvalidBucketName"), ErrorCode.STORAGE_REJECTED),
     ],
 )
 def test_load_maps_storage_errors_to_image_failures(error: Exception, code: ErrorCode) -> None:

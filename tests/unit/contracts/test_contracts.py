@@ -261,6 +261,7 @@ PUBLIC_NAMES = {
     "ImageError",
     "ErrorCode",
     "JobSummary",
+    "ShardFailure",
     "RetrainSummary",
     "Counts",
     "Timings",
