@@ -25,7 +25,6 @@ validation would accept the coercions, so:
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Literal, Self
 
 from pydantic import (
@@ -36,6 +35,8 @@ from pydantic import (
     StringConstraints,
     ValidationError,
 )
+
+from contracts.keys import S3_URI_PATTERN, check_s3_uri
 
 SCHEMA_VERSION = 1
 """The one wire version this package reads and writes."""
@@ -58,27 +59,21 @@ class Contract(BaseModel):
         return cls.model_validate_json(json.dumps(value))
 
 
-S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\n]*)?$"
-"""An ``s3://bucket/key`` address: lower-case bucket name of 3-63 characters, any key
-without a line break. Written in the common subset of Python's and ECMA-262's regex
-syntax, so the JSON Schema states exactly the rule the model enforces."""
-
-_S3_URI = re.compile(S3_URI_PATTERN)
-
-
-def _check_s3_uri(value: str) -> str:
-    if not _S3_URI.fullmatch(value):
-        raise ValueError("must look like s3://bucket/key (lower-case bucket name, 3-63 chars)")
-    return value
-
-
 S3Uri = Annotated[
     str,
-    AfterValidator(_check_s3_uri),
+    AfterValidator(check_s3_uri),
     # The validator's rule, restated for the schema (the validator keeps the friendlier message).
-    Field(examples=["s3://images/2026/11/a.jpg"], json_schema_extra={"pattern": S3_URI_PATTERN}),
+    Field(
+        description=(
+            "s3://bucket/key. Key segments may not be empty ('//'), '.' or '..', and the "
+            "key may hold no control character or backslash."
+        ),
+        examples=["s3://images/2026/11/a.jpg"],
+        json_schema_extra={"pattern": S3_URI_PATTERN},
+    ),
 ]
-"""An ``s3://bucket/key`` address; the key may be empty for a whole bucket."""
+"""An ``s3://bucket/key`` address with a plain key (``contracts.keys``: no ``.``, ``..`` or
+empty segments, control characters or backslashes); the key may be empty for a whole bucket."""
 
 JobId = Annotated[
     str,

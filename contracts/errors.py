@@ -32,6 +32,12 @@ class ErrorCode(StrEnum):
     """The object is larger than the configured maximum number of bytes."""
     TOO_MANY_PIXELS = "too_many_pixels"
     """Width x height exceeds the configured maximum (decompression-bomb guard)."""
+    UNSAFE_KEY = "unsafe_key"
+    """The object's key has an empty, ``.`` or ``..`` segment, a control character or a
+    backslash (``contracts.keys``); the worker never reads or writes such a key."""
+    UNSUPPORTED_MEMBER = "unsupported_member"
+    """A tar member that is not a regular file (symbolic or hard link, FIFO, device,
+    unknown type): its bytes are never read or followed."""
     UNSUPPORTED_FORMAT = "unsupported_format"
     """The bytes are not an image, or an image format that is not allowed."""
     CORRUPT_IMAGE = "corrupt_image"

@@ -13,12 +13,12 @@ language sends, so the worker treats both alike::
 
 Queues (``prefix`` is the worker's ``SYNTHDETECT_QUEUE_PREFIX``)::
 
-    <prefix>-jobs           ClassifyJob bodies; every worker consumes it
-    <prefix>-retrain-jobs   RetrainJob bodies
+    <prefix>-jobs           ClassifyJob bodies
+    <prefix>-retrain-jobs   RetrainJob bodies (forwarded to the retrain workers' queue)
 
-The worker does not consume ``<prefix>-retrain-jobs`` yet, nor declare it: until it
-does, a retrain job published here raises ``QueueMissing`` (or waits in a queue an
-operator made), and ``synthdetect submit-retrain`` is the way to send one.
+Workers declare both, and a worker started without ``-Q`` consumes both; a body
+that fails validation goes to ``<prefix>-dead`` with the reason, the same reasons
+for both queues.
 
 Delivery is confirmed before ``publish`` returns, or it raises ``PublishError``:
 
@@ -53,7 +53,7 @@ DEFAULT_QUEUE_PREFIX = "synthdetect"
 CLASSIFY_QUEUE_SUFFIX = "-jobs"
 """``<prefix>-jobs``: plain JSON ``ClassifyJob`` bodies (the worker's ingest consumes it)."""
 RETRAIN_QUEUE_SUFFIX = "-retrain-jobs"
-"""``<prefix>-retrain-jobs``: plain JSON ``RetrainJob`` bodies (no worker consumes it yet)."""
+"""``<prefix>-retrain-jobs``: plain JSON ``RetrainJob`` bodies (the worker's ingest consumes it)."""
 CONTENT_TYPE = "application/json"
 PUBLISH_TIMEOUT_S = 30.0
 """How long a publish may wait for the broker's confirmation before it raises."""
@@ -76,7 +76,7 @@ def classify_queue(prefix: str = DEFAULT_QUEUE_PREFIX) -> str:
 
 
 def retrain_queue(prefix: str = DEFAULT_QUEUE_PREFIX) -> str:
-    """Name of the plain JSON retrain queue for ``prefix`` (not consumed by workers yet)."""
+    """Name of the plain JSON retrain queue for ``prefix``."""
     return prefix + RETRAIN_QUEUE_SUFFIX
 
 
@@ -91,8 +91,6 @@ def message_body(job: PlainJsonJob) -> bytes:
 
 
 def _hint(job: PlainJsonJob) -> str:
-    if isinstance(job, RetrainJob):
-        return "no worker declares or consumes the plain JSON retrain queue yet"
     return (
         "run `synthdetect queues setup` (or start a worker), and check that the "
         "prefix is the workers' SYNTHDETECT_QUEUE_PREFIX"

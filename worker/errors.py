@@ -12,6 +12,7 @@
     ├── ModelError            a model or its card cannot be loaded or trusted
     │   └── ChecksumMismatch  the model file is not the file its card describes
     ├── JobRejected           a message that can never succeed (goes to the dead-letter queue)
+    │   └── UnsafeKey         an S3 key with '..', '.', '//', control characters or '\\'
     └── WorkHandedBack        a shard stopped for a soft shutdown; its message goes back
 
 ``ImageFailure`` never escapes the pipeline: it becomes ``ImageResult.error``.
@@ -112,3 +113,11 @@ class JobRejected(SynthdetectError):
 class WorkHandedBack(SynthdetectError):
     """A shard stopped because the worker is shutting down and could not finish it within
     the grace (``worker.lifecycle``); its message goes back to the queue, nothing was written."""
+
+
+class UnsafeKey(JobRejected, ValueError):
+    """An S3 address whose key breaks ``contracts.keys`` (traversal, ``//``, control
+    characters, backslashes): refused before any request is made.
+
+    A ``ValueError`` too, like every other malformed address ``parse_s3_uri`` refuses.
+    """

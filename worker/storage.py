@@ -33,12 +33,14 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from contracts.keys import key_problem
 from worker.errors import (
     AccessDenied,
     ObjectNotFound,
     ObjectTooLarge,
     RequestRejected,
     StorageError,
+    UnsafeKey,
 )
 
 if TYPE_CHECKING:
@@ -104,13 +106,20 @@ class ObjectStore(Protocol):
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> ``("bucket", "key")``; the key may be empty (a whole bucket).
 
-    Raises ``ValueError`` when the string is not an S3 address with a bucket.
+    Every S3 request goes through here, so this is where a key is checked last
+    (defence in depth behind the contracts' validators): ``UnsafeKey`` (a
+    ``ValueError``) for a ``.``, ``..`` or empty segment, a control character or a
+    backslash (``contracts.keys``). Raises ``ValueError`` when the string is not an S3
+    address with a bucket.
     """
     if not uri.startswith(S3_SCHEME):
         raise ValueError(f"not an s3:// URI: {uri!r}")
     bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if not bucket:
         raise ValueError(f"no bucket in {uri!r}")
+    problem = key_problem(key)
+    if problem:
+        raise UnsafeKey(f"refused {uri!r}: {problem}")
     return bucket, key
 
 

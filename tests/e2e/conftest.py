@@ -189,8 +189,21 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def unique_node_name(command: list[str], settings: Settings) -> list[str]:
+    """``command`` with a ``--hostname`` no other worker uses, unless it names one.
+
+    The shared RabbitMQ refuses a second consumer of a node's pidbox queue
+    (``RESOURCE_LOCKED``), so two workers with Celery's default name (``celery@<host>``)
+    on one broker, from two test runs, fail to start.
+    """
+    if not any(arg.startswith(("--hostname", "-n")) for arg in command[1:]):
+        return [*command, f"--hostname={settings.queue_prefix}-{uuid.uuid4().hex[:6]}@%h"]
+    return command
+
+
 def start_worker(command: list[str], settings: Settings, log_path: Path) -> WorkerProcess:
-    """Start ``command`` and return once the worker logged ``worker_ready``."""
+    """Start ``command`` (with a unique node name) and return once it logged ``worker_ready``."""
+    command = unique_node_name(command, settings)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command,

@@ -147,3 +147,30 @@ def test_poison_messages_are_dead_lettered_with_their_reason(
             reasons[letter["job_id"]] = letter["reason"]
     assert reasons[None].startswith("not JSON")  # type: ignore[index]
     assert reasons["wrong-model"].startswith("unknown model")
+
+
+def test_garbage_on_a_celery_task_queue_is_dead_lettered_with_a_reason(
+    worker: WorkerProcess, sqs
+) -> None:  # type: ignore[no-untyped-def]
+    """What a producer that confuses the queues sends: bare bodies on the task queues."""
+    names = QueueNames.from_settings(worker.settings)
+    sqs.send_message(QueueUrl=queue_url(sqs, names.classify), MessageBody="garbage, not JSON")
+    retrain = {"job_id": "sqs-retrain-1", "dataset": {"kind": "tar", "tar": "s3://d1/x.tar"}}
+    sqs.send_message(QueueUrl=queue_url(sqs, names.bulk), MessageBody=json.dumps(retrain))
+    letters: list[dict[str, object]] = []
+    deadline = time.monotonic() + 60
+    while len(letters) < 2 and time.monotonic() < deadline:
+        got = sqs.receive_message(
+            QueueUrl=queue_url(sqs, names.dead),
+            WaitTimeSeconds=1,
+            MaxNumberOfMessages=10,
+            MessageAttributeNames=["All"],
+        )
+        for message in got.get("Messages", []):
+            letter = json.loads(message["Body"])
+            assert message["MessageAttributes"]["reason"]["StringValue"] == letter["reason"]
+            letters.append(letter)
+    by_source = {str(letter["source_queue"]): str(letter["reason"]) for letter in letters}
+    assert set(by_source) == {names.classify, names.bulk}, letters
+    assert all(reason.startswith("not a task message") for reason in by_source.values())
+    assert names.retrain_jobs in by_source[names.bulk]

@@ -141,9 +141,12 @@ def test_a_queue_deleted_after_the_check_makes_the_broker_return_the_job(
     assert parse_job(message.body, 1 << 20) == JOB
 
 
-def test_a_retrain_job_has_no_queue_on_a_worker_yet(settings: Settings) -> None:
+def test_a_retrain_job_arrives_intact_in_the_retrain_jobs_queue(settings: Settings) -> None:
     job = RetrainJob.from_json_value(
         {"job_id": "retrain-1", "dataset": {"kind": "tar", "tar": "s3://data/train.tar"}}
     )
-    with pytest.raises(QueueMissing, match="no worker declares or consumes"):
-        publish_amqp(job, settings.broker_url, settings.queue_prefix)
+    queue = publish_amqp(job, settings.broker_url, settings.queue_prefix)
+    assert queue == QueueNames.from_settings(settings).retrain_jobs
+    message = get_one(queue)
+    assert message is not None
+    assert RetrainJob.model_validate_json(message.body) == job

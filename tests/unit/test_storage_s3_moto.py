@@ -12,9 +12,19 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from worker.errors import AccessDenied, ObjectNotFound, ObjectTooLarge, StorageError
+from contracts import ErrorCode, PrefixInput
+from worker.classify.inputs import expand_job_inputs, iter_manifest_rows
+from worker.errors import (
+    AccessDenied,
+    ImageFailure,
+    JobRejected,
+    ObjectNotFound,
+    ObjectTooLarge,
+    StorageError,
+    UnsafeKey,
+)
 from worker.settings import Settings
-from worker.storage import ObjectInfo, S3Store
+from worker.storage import ObjectInfo, S3Store, Storage
 
 BUCKET = "images"
 
@@ -189,3 +199,56 @@ def test_put_if_absent_after_a_resent_request_checks_the_content(
 
 def _body(data: bytes) -> StreamingBody:
     return StreamingBody(io.BytesIO(data), len(data))
+
+
+# --- unsafe keys: refused before any request (defence in depth behind the contracts) ----------
+
+UNSAFE = [
+    f"s3://{BUCKET}/tenant-a/../../other/x",
+    f"s3://{BUCKET}/./a.jpg",
+    f"s3://{BUCKET}/a//b.jpg",
+    f"s3://{BUCKET}/a\nb.jpg",
+    f"s3://{BUCKET}/a\\b.jpg",
+]
+
+
+@pytest.mark.parametrize("uri", UNSAFE)
+def test_every_operation_refuses_an_unsafe_key_without_a_request(
+    store: S3Store, client: Any, uri: str
+) -> None:
+    sent = record_operations(client)
+    operations = [
+        lambda: store.get_bytes(uri),
+        lambda: store.open_stream(uri),
+        lambda: store.put_bytes(uri, b"x"),
+        lambda: store.put_if_absent(uri, b"x"),
+        lambda: list(store.list_objects(uri)),
+        lambda: store.exists(uri),
+        lambda: store.delete(uri),
+    ]
+    for operation in operations:
+        with pytest.raises(UnsafeKey, match="is not allowed"):
+            operation()
+    assert sent == []
+
+
+def test_a_listed_key_with_dot_dot_becomes_an_unsafe_key_row(store: S3Store, client: Any) -> None:
+    """S3 keeps ``..`` literally, so a listing can return it; the worker never reads it."""
+    client.put_object(Bucket=BUCKET, Key="in/ok.jpg", Body=b"jpeg")
+    client.put_object(Bucket=BUCKET, Key="in/a/../b.jpg", Body=b"jpeg")
+    storage = Storage(lambda: store)
+    inputs = PrefixInput(prefix=f"s3://{BUCKET}/in/")
+    items = {item.uri: item for item in expand_job_inputs(inputs, storage, 1 << 20)}
+    assert items[f"s3://{BUCKET}/in/ok.jpg"].load() == b"jpeg"
+    with pytest.raises(ImageFailure) as caught:
+        items[f"s3://{BUCKET}/in/a/../b.jpg"].load()
+    assert caught.value.code == ErrorCode.UNSAFE_KEY
+    assert "'..' segment" in caught.value.message
+
+
+def test_a_manifest_row_with_an_unsafe_key_rejects_the_job_naming_the_line() -> None:
+    manifest = io.BytesIO(b"uri,label\ns3://images/ok.jpg,real\ns3://images/x/../../y.jpg,real\n")
+    rows = iter_manifest_rows(manifest, "s3://images/m.csv")
+    assert next(rows).uri == "s3://images/ok.jpg"
+    with pytest.raises(JobRejected, match=r"line 3: refused .*'\.\.' segment"):
+        next(rows)

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from contracts import ErrorCode, ManifestInput, PrefixInput, ShardItem, TarInput, UriListInput
 from contracts.jobs import JobInputs
-from worker.classify.tarstream import Readable, read_members
+from worker.classify.tarstream import Member, Readable, read_members
 from worker.errors import (
     AccessDenied,
     ImageFailure,
@@ -37,6 +37,7 @@ from worker.errors import (
     ObjectNotFound,
     ObjectTooLarge,
     StorageError,
+    UnsafeKey,
 )
 from worker.storage import FILE_SCHEME, S3_SCHEME, ObjectInfo, Storage, parse_s3_uri
 
@@ -58,7 +59,9 @@ class InputItem:
     ``uri`` is an ``s3://`` address, a local path, or ``<tar address>#<member name>``.
     ``load()`` returns the image's bytes or raises ``ImageFailure`` with code
     ``not_found``, ``forbidden``, ``too_large``, ``empty_file``, ``storage_unavailable``
-    (transient: the shard retries), ``storage_rejected`` or ``fetch_failed``.
+    (transient: the shard retries), ``storage_rejected``, ``fetch_failed``,
+    ``unsafe_key`` (a listed key with ``..`` and the like) or ``unsupported_member``
+    (a tar member that is not a regular file).
     ``in_memory`` says ``load`` only hands over bytes already read (tar members), so
     the pipeline decodes such items in chunks instead of giving each a fetch thread;
     ``size`` is then their byte count (0 when unknown).
@@ -81,6 +84,8 @@ def object_item(
 def _load_object(storage: Storage, uri: str, max_bytes: int) -> bytes:
     try:
         data = storage.get_bytes(uri, max_bytes)
+    except UnsafeKey as exc:
+        raise ImageFailure(ErrorCode.UNSAFE_KEY, exc.reason) from exc
     except ObjectNotFound as exc:
         raise ImageFailure(ErrorCode.NOT_FOUND, str(exc)) from exc
     except AccessDenied as exc:
@@ -345,6 +350,8 @@ def _manifest_row(fields: dict[str, Any], manifest_uri: str, number: int) -> Sha
         raise _bad_row(manifest_uri, number, problems) from exc
     try:
         parse_s3_uri(row.uri)
+    except UnsafeKey as exc:
+        raise _bad_row(manifest_uri, number, exc.reason) from exc
     except ValueError as exc:
         raise _bad_row(
             manifest_uri, number, f"uri must be an s3:// address, got {row.uri!r}"
@@ -362,11 +369,15 @@ def _bad_row(manifest_uri: str, number: int, reason: str) -> JobRejected:
 def iter_tar_items(
     stream: BinaryIO, base_uri: str, max_bytes: int, labels_from_folders: bool = False
 ) -> Iterator[InputItem]:
-    """Items for the regular members of a tar read as a stream, in archive order.
+    """Items for the members of a tar read as a stream, in archive order.
 
     A member's bytes are read as the stream passes it; a member larger than
-    ``max_bytes`` is skipped over unread and its item fails ``too_large``. Other
-    member types (folders, links) yield nothing. The stream may also be a slice
+    ``max_bytes`` is skipped over unread and its item fails ``too_large``. Every
+    other file-like member (symbolic and hard links, FIFOs, character and block
+    devices, unknown types) is an item too, which fails ``unsupported_member``
+    without anything being read or followed: every input gets a result row.
+    Directories yield nothing: they hold no image, and their files are members of
+    their own. The stream may also be a slice
     of a tar that starts and ends on member-header boundaries (a ``TarSlice``).
     Compressed tars (gzip, bzip2, xz) are read too. Raises ``JobRejected`` when
     the bytes are not a tar archive or end inside a member. Headers are parsed by
@@ -374,11 +385,15 @@ def iter_tar_items(
     """
     with _tar_errors(base_uri):
         for member, data in read_members(stream):
+            if member.kind == "directory":
+                continue
+            uri = f"{base_uri}#{member.name}"
+            label = _member_label(member.name) if labels_from_folders else None
             if member.regular:
-                uri = f"{base_uri}#{member.name}"
-                label = _member_label(member.name) if labels_from_folders else None
                 load = _read_member(data, member.size, uri, max_bytes)
-                yield InputItem(uri, load, label, in_memory=True, size=member.size)
+            else:
+                load = partial(_fail, ErrorCode.UNSUPPORTED_MEMBER, _unsupported(member))
+            yield InputItem(uri, load, label, in_memory=True, size=member.size)
 
 
 def tar_member_offsets(stream: BinaryIO) -> Iterator[tuple[str, int, int]]:
@@ -403,6 +418,14 @@ def _read_member(data: Readable, size: int, uri: str, max_bytes: int) -> Callabl
         return partial(_fail, ErrorCode.EMPTY_FILE, f"{uri} has zero bytes")
     content = data.read()
     return lambda: content
+
+
+def _unsupported(member: Member) -> str:
+    pointing = f" to {member.target!r}" if member.target else ""
+    return (
+        f"{member.name!r} is a {member.kind}{pointing}, not a regular file; "
+        "only regular files in a tar are classified (links are never followed)"
+    )
 
 
 def _fail(code: ErrorCode, message: str) -> bytes:

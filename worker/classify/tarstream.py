@@ -28,6 +28,22 @@ _EMPTY = (tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, ta
           tarfile.FIFOTYPE)  # fmt: skip
 """Member types whose data ``tarfile`` takes as empty, whatever the size field says."""
 _SIGNED = struct.Struct("148b8x356b")
+_KINDS = {
+    tarfile.DIRTYPE: "directory",
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "FIFO",
+}
+"""What a non-regular member is, in words, by its type flag (others: ``unknown type``)."""
+
+
+def member_kind(type_flag: bytes, regular: bool) -> str:
+    """``file`` for a regular member, else what it is (``symbolic link``, ``FIFO``, ...)."""
+    if regular:
+        return "file"
+    return _KINDS.get(type_flag, f"unknown type {type_flag!r}")
 
 
 class Readable(Protocol):
@@ -47,6 +63,11 @@ class Member:
     """Where the member's first header starts (extended headers included)."""
     end: int
     """Just past its data and padding: where the next header starts."""
+    kind: str = "file"
+    """``file`` for a regular member, else ``directory``, ``symbolic link``, ``hard link``,
+    ``character device``, ``block device``, ``FIFO`` or ``unknown type b'X'``."""
+    target: str = ""
+    """Where a link points (its name in the archive or a path), else empty."""
 
 
 def read_members(stream: BinaryIO, compressed: bool = True) -> Iterator[tuple[Member, Readable]]:
@@ -82,6 +103,7 @@ def _fast(first: bytes, stream: BinaryIO) -> Iterator[tuple[Member, Readable]]:
                 raise tarfile.ReadError("bad checksum")
             return  # tarfile stops at an invalid header after the first member
         long_name: str | None = None
+        long_link = ""
         pax: dict[str, str] = {}
         while header[156:157] in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK,
                                   tarfile.XHDTYPE):  # fmt: skip
@@ -90,6 +112,8 @@ def _fast(first: bytes, stream: BinaryIO) -> Iterator[tuple[Member, Readable]]:
             position += BLOCK + _padded(size)
             if kind == tarfile.GNUTYPE_LONGNAME:
                 long_name = _nts(payload)
+            elif kind == tarfile.GNUTYPE_LONGLINK:
+                long_link = _nts(payload)
             elif kind == tarfile.XHDTYPE:
                 pax = _pax_records(payload)
             header = stream.read(BLOCK)
@@ -104,7 +128,21 @@ def _fast(first: bytes, stream: BinaryIO) -> Iterator[tuple[Member, Readable]]:
         stored = size if kind not in _EMPTY else 0
         position += _padded(stored)
         data = _Data(stream, stored)
-        yield Member(name, size if regular else stored, regular, start, position), data
+        # An old-style regular header whose name ends in "/" is a directory (tarfile's rule).
+        is_folder = kind == tarfile.AREGTYPE and _nts(header[0:100]).endswith("/")
+        target = pax.get("linkpath", long_link or _nts(header[157:257]))
+        yield (
+            Member(
+                name,
+                size if regular else stored,
+                regular,
+                start,
+                position,
+                member_kind(tarfile.DIRTYPE if is_folder else kind, regular),
+                "" if regular else target,
+            ),
+            data,
+        )
         data.skip_rest()
         count += 1
         header = None
@@ -137,7 +175,15 @@ def _with_tarfile(stream: BinaryIO, base: int) -> Iterator[tuple[Member, Readabl
             archive.members.clear()  # type: ignore[attr-defined]  # stream mode keeps them all
             reader = archive.extractfile(info) if info.isreg() else None
             end = base + info.offset_data + _padded(info.size)
-            member = Member(info.name, info.size, info.isreg(), base + info.offset, end)
+            member = Member(
+                info.name,
+                info.size,
+                info.isreg(),
+                base + info.offset,
+                end,
+                member_kind(info.type, info.isreg()),
+                "" if info.isreg() else info.linkname,
+            )
             yield member, reader or io.BytesIO(b"")
 
 

@@ -16,9 +16,10 @@ from worker.settings import get_settings
     "queue_names",
     default=None,
     help=(
-        "Comma-separated task queues to consume (default: <prefix>-classify, -bulk and "
-        "-callbacks). Every worker, whatever -Q says, also consumes the plain-JSON "
-        "<prefix>-jobs queue and forwards each valid job to -classify or -bulk."
+        "Comma-separated queues to consume, exactly these (default: <prefix>-classify, "
+        "-bulk, -callbacks and the plain-JSON -jobs and -retrain-jobs, whose valid jobs "
+        "are forwarded to -classify/-bulk and -retrain). -Q <prefix>-retrain starts a "
+        "retrain worker."
     ),
 )
 @click.option(
@@ -36,8 +37,9 @@ def worker(queue_names: str | None, concurrency: int | None, celery_args: tuple[
     """Run a queue worker (threads pool: one model shared by all running tasks).
 
     ``-Q <prefix>-retrain`` starts a retrain worker: it consumes that queue alone
-    (the retrain queue is never consumed together with others). Extra arguments
-    go to ``celery worker`` unchanged, e.g. ``--hostname``.
+    (the retrain queue is never consumed together with other task queues; the
+    plain-JSON ``<prefix>-retrain-jobs`` may join it). Extra arguments go to
+    ``celery worker`` unchanged, e.g. ``--hostname``.
     """
     from worker.queue.app import app
     from worker.queue.topology import QueueNames
@@ -45,11 +47,12 @@ def worker(queue_names: str | None, concurrency: int | None, celery_args: tuple[
     settings = get_settings()
     names = QueueNames.from_settings(settings)
     if concurrency is None:
-        concurrency = 1 if queue_names == names.retrain else settings.worker_concurrency
+        named = set((queue_names or "").split(",")) - set(names.plain_json_queues)
+        concurrency = 1 if named == {names.retrain} else settings.worker_concurrency
     argv = [
         "worker",  # --pool left out: the app's worker_pool (threads, with a bulk lane) applies
         f"--concurrency={concurrency}",
-        f"--queues={queue_names or ','.join((names.classify, names.bulk, names.callbacks))}",
+        f"--queues={queue_names or ','.join(names.default_consumed)}",
         f"--loglevel={settings.log_level}",
         "--without-mingle",
         "--without-gossip",

@@ -11,10 +11,20 @@ The pool is ``threads``: one process, one model, one dynamic batcher shared by
 every running task, so many small jobs fill one batch; and nothing ever forks
 after CUDA was initialised.
 
-The retrain queue is consumed only by workers started for it alone
-(``synthdetect worker -Q <prefix>-retrain``, concurrency 1): a worker that was
-given it together with other queues, or no ``-Q`` at all, leaves it out, so
-training never competes with inference for the same cores.
+A worker consumes exactly the queues its ``-Q`` names (``select_queues``): the
+Celery task queues through Celery's consumer, the plain-JSON queues
+(``<prefix>-jobs``, ``<prefix>-retrain-jobs``) through ``worker.queue.ingest``.
+``synthdetect worker`` without ``-Q`` names ``-classify``, ``-bulk``,
+``-callbacks`` and both plain-JSON queues; ``celery worker`` without ``-Q`` consumes
+the same. The retrain queue is consumed only by workers started for it alone
+(``synthdetect worker -Q <prefix>-retrain``, concurrency 1, plus
+``<prefix>-retrain-jobs`` if it should ingest too): a worker that was given it
+together with other task queues leaves it out, so training never competes with
+inference for the same cores.
+
+The consumer is ``worker.queue.consumer.SynthdetectConsumer``: poison on the task
+queues goes to the dead-letter queue with a reason, and the topology is declared
+before Celery's delayed-delivery step binds the task queues.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 from worker.logs import configure_logging, get_logger
-from worker.queue.ingest import PlainJsonIngest, TopologySetup
+from worker.queue.ingest import PLAIN_JSON_SELECTION, PlainJsonIngest, TopologySetup
 from worker.queue.topology import (
     TASK_ACCEPT,
     TASK_DELIVER,
@@ -78,6 +88,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # The threads pool with a lane of its own for bulk shards (worker.queue.pool).
         "worker_pool": "worker.queue.pool:LanePool",
+        # Poison dead-lettered with a reason; topology declared before delayed delivery binds.
+        "worker_consumer": "worker.queue.consumer:SynthdetectConsumer",
         "worker_concurrency": settings.worker_concurrency,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
@@ -148,6 +160,27 @@ def create_app(settings: Settings) -> Celery:
     return celery
 
 
+def take_plain_json_queues(queues: Any, settings: Settings) -> list[str]:
+    """Take the plain-JSON queues out of Celery's selection; returns those to ingest.
+
+    ``queues`` is Celery's ``app.amqp.queues`` after ``-Q`` was applied. A plain-JSON
+    queue named in ``-Q`` would otherwise be consumed as a task queue (Celery creates
+    a missing queue with a direct exchange of its name, and binds it for delayed
+    delivery), so it leaves Celery's selection and its queue map and
+    ``PlainJsonIngest`` consumes it. A worker whose Celery selection is every task
+    queue (``celery worker`` without ``-Q``) ingests both plain-JSON queues.
+    """
+    names = QueueNames.from_settings(settings)
+    consumed = list(queues.consume_from)
+    plain = [name for name in names.plain_json_queues if name in consumed]
+    if not plain and set(consumed) == set(names.task_queues):
+        return list(names.plain_json_queues)
+    queues.deselect(plain)
+    for name in plain:
+        queues.pop(name, None)
+    return plain
+
+
 def keep_retrain_apart(queues: Any, settings: Settings) -> bool:
     """Deselect the retrain queue from a worker that consumes other queues too.
 
@@ -163,10 +196,12 @@ def keep_retrain_apart(queues: Any, settings: Settings) -> bool:
 
 
 @signals.celeryd_after_setup.connect(weak=False)
-def _retrain_apart(instance: Any, **_: Any) -> None:
-    """Keep the retrain queue apart; register the retrain task only where it is consumed."""
+def select_queues(instance: Any, **_: Any) -> None:
+    """Consume exactly what ``-Q`` named: plain-JSON queues to the ingest, the retrain
+    queue only alone; register the retrain task only where it is consumed."""
     settings = get_settings()
     queues = instance.app.amqp.queues
+    instance.app.conf[PLAIN_JSON_SELECTION] = take_plain_json_queues(queues, settings)
     retrain = QueueNames.from_settings(settings).retrain
     if keep_retrain_apart(queues, settings):
         log.warning(

@@ -44,6 +44,7 @@ from worker.inference.registry import ModelRegistry
 from worker.lifecycle import SHUTDOWN
 from worker.logs import get_logger
 from worker.metrics import READY
+from worker.queue.topology import QueueNames
 from worker.settings import Settings
 from worker.storage import Storage, parse_s3_uri
 
@@ -327,9 +328,11 @@ def start(
 ) -> Prober:
     """Start probing and serve the ops endpoint on ``settings.metrics_port``.
 
-    A worker consuming only ``retrain_queue`` loads no model at start.
+    A worker consuming only ``retrain_queue`` (and plain-JSON queues, which only
+    forward) loads no model at start.
     """
-    retrain_only = set(queues) == {retrain_queue}
+    plain_json = set(QueueNames.from_settings(settings).plain_json_queues)
+    retrain_only = set(queues) - plain_json == {retrain_queue}
     prober = Prober(settings, None if retrain_only else engine, queues)
     prober.start()
     serve_ops(settings.metrics_port, health_checks(prober))

@@ -44,7 +44,7 @@ from worker.metrics import record_batch
 from worker.queue import probes, queuewait  # noqa: F401 - queuewait hooks Celery's signals
 from worker.queue.app import app
 from worker.queue.deadletter import DeadLetterSink, dead_letter, dead_letter_sink
-from worker.queue.ingest import validate_job
+from worker.queue.ingest import PLAIN_JSON_SELECTION, validate_job
 from worker.queue.retrywindow import GiveUp, RetryState, RetryWindow
 from worker.queue.topology import TASK_ACCEPT, TASK_DELIVER, TASK_SHARD, QueueNames
 from worker.retrain import records as retrain_records
@@ -383,7 +383,8 @@ def deliver_callback(
 
 @signals.worker_ready.connect(weak=False)
 def _on_ready(sender: Any = None, **_: Any) -> None:
-    queues = sorted(app.amqp.queues.consume_from)
+    # Celery's task queues and the plain-JSON queues the ingest reads: all this worker consumes.
+    queues = sorted([*app.amqp.queues.consume_from, *app.conf.get(PLAIN_JSON_SELECTION, ())])
     probes.start(runtime.settings, runtime.engine, queues, runtime.names.retrain)
     if set(queues) != {runtime.names.retrain}:
         start_sweeper()

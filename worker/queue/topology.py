@@ -6,8 +6,13 @@
     <prefix>-bulk       bulk ClassifyJobs and their shards
     <prefix>-callbacks  webhook deliveries (so a slow receiver never delays scoring)
     <prefix>-retrain    retrain jobs (consumed only by workers started for it: -Q <prefix>-retrain)
-    <prefix>-jobs       plain JSON ClassifyJob bodies from producers that do not speak Celery
-    <prefix>-dead       dead letters: invalid messages with a reason, and poison messages
+    <prefix>-jobs           plain JSON ClassifyJob bodies from producers that do not speak Celery
+    <prefix>-retrain-jobs   plain JSON RetrainJob bodies, forwarded to <prefix>-retrain
+    <prefix>-dead           dead letters: invalid messages with a reason, and poison messages
+
+The first four carry Celery task messages; the two plain-JSON queues are read by
+``worker.queue.ingest`` and are never Celery task queues (Celery neither consumes
+nor binds them).
 
 On RabbitMQ every work queue is a quorum queue with ``x-delivery-limit`` and a
 dead-letter exchange, so a message that keeps killing its worker ends in
@@ -31,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from kombu import Connection, Exchange, Queue
 
-from contracts.producer import classify_queue
+from contracts.producer import classify_queue, retrain_queue
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -53,6 +58,7 @@ class QueueNames:
     callbacks: str
     retrain: str
     jobs: str
+    retrain_jobs: str
     dead: str
 
     @classmethod
@@ -63,7 +69,8 @@ class QueueNames:
             bulk=f"{p}-bulk",
             callbacks=f"{p}-callbacks",
             retrain=f"{p}-retrain",
-            jobs=classify_queue(p),  # the name contracts.producer publishes to
+            jobs=classify_queue(p),  # the names contracts.producer publishes to
+            retrain_jobs=retrain_queue(p),
             dead=f"{p}-dead",
         )
 
@@ -73,9 +80,20 @@ class QueueNames:
         return (self.classify, self.bulk, self.callbacks, self.retrain)
 
     @property
+    def plain_json_queues(self) -> tuple[str, ...]:
+        """Queues of bare JSON job bodies (``worker.queue.ingest``), never of Celery tasks."""
+        return (self.jobs, self.retrain_jobs)
+
+    @property
     def work_queues(self) -> tuple[str, ...]:
         """Every queue whose messages are dead-lettered to ``dead`` when they fail."""
-        return (*self.task_queues, self.jobs)
+        return (*self.task_queues, *self.plain_json_queues)
+
+    @property
+    def default_consumed(self) -> tuple[str, ...]:
+        """What a worker started without ``-Q`` consumes: everything but the retrain queue
+        (which needs a worker of its own: ``-Q <prefix>-retrain``)."""
+        return (self.classify, self.bulk, self.callbacks, *self.plain_json_queues)
 
     def for_priority(self, priority: str) -> str:
         """The queue of a job's priority (``interactive`` or ``bulk``)."""
@@ -122,9 +140,8 @@ def amqp_queues(settings: Settings) -> dict[str, Queue]:
         for name in names.task_queues
     }
     # Plain-JSON producers publish to the default exchange with the queue's name.
-    queues[names.jobs] = Queue(
-        names.jobs, durable=True, queue_arguments=_quorum_arguments(settings)
-    )
+    for name in names.plain_json_queues:
+        queues[name] = Queue(name, durable=True, queue_arguments=_quorum_arguments(settings))
     queues[names.dead] = Queue(
         names.dead,
         dead_letter_exchange(settings),

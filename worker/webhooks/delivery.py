@@ -14,26 +14,24 @@ record, so a restarted or duplicated delivery continues the same count.
   timeouts: retried with exponential backoff and jitter, or after the
   ``Retry-After`` the receiver asked for, until ``max_attempts``.
 - Hosts that resolve to loopback, private, link-local (cloud metadata),
-  shared or reserved addresses are refused unless allow-listed. The check runs
-  before every attempt; a DNS answer that changes between the check and the
-  connection (rebinding) is not caught: put an egress proxy in front of
-  workers where that matters.
+  shared or reserved addresses are refused unless allow-listed
+  (``worker.webhooks.ssrf``). The check runs before every attempt, and the
+  connection goes to an address the check vetted (``PinnedTransport``), so a DNS
+  answer that changes between the check and the connection (rebinding) never
+  reaches a private address.
 
 The network sits behind ``httpx.Client``: tests pass ``httpx.MockTransport``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
-import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -41,15 +39,13 @@ from standardwebhooks import Webhook
 
 from contracts import ImageResult, JobSummary
 from worker.settings import Settings
+from worker.webhooks.ssrf import PINNED_ADDRESSES, PinnedTransport
 
-Resolver = Callable[[str, int], Sequence[str]]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class CallbackRefused(Exception):
-    """The callback can never be delivered as configured (SSRF guard, no secret)."""
-
+# The SSRF guard lives in worker.webhooks.ssrf; its names stay importable from here.
+from worker.webhooks.ssrf import CallbackRefused as CallbackRefused
+from worker.webhooks.ssrf import Resolver as Resolver
+from worker.webhooks.ssrf import check_callback_url as check_callback_url
+from worker.webhooks.ssrf import system_resolver as system_resolver
 
 # --- signing ---------------------------------------------------------------------------
 
@@ -72,54 +68,6 @@ def callback_body(summary: JobSummary, results: list[ImageResult] | None, max_by
         if len(body.encode()) <= max_bytes:
             return body.encode()
     return summary.model_copy(update={"results": None}).model_dump_json(exclude_none=True).encode()
-
-
-# --- SSRF guard --------------------------------------------------------------------------
-
-
-def system_resolver(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to (what the HTTP client may connect to)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise OSError(f"cannot resolve {host}: {exc.strerror}") from exc
-    return sorted({str(info[4][0]) for info in infos})
-
-
-def _is_public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
-
-
-def check_callback_url(
-    url: str, allowlist: Sequence[str], resolve: Resolver = system_resolver
-) -> None:
-    """Raise ``CallbackRefused`` unless ``url`` may be called; ``OSError`` if DNS fails.
-
-    ``allowlist`` entries are host names, addresses or CIDR ranges.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CallbackRefused(f"callback URL must be http(s) with a host: {url!r}")
-    host = parts.hostname.lower()
-    names = {entry.lower() for entry in allowlist}
-    if host in names:
-        return
-    networks: list[IPNetwork] = []
-    for entry in allowlist:
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            continue  # a host name, handled above
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    for text in resolve(host, port):
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        if not _is_public(address) and not any(address in net for net in networks):
-            raise CallbackRefused(
-                f"callback host {host!r} resolves to {address}, a non-public address "
-                "(loopback, private, link-local or metadata); allow-list it to permit"
-            )
 
 
 # --- retry policy ----------------------------------------------------------------------------
@@ -224,9 +172,14 @@ def deliver_attempt(
     retry_after: float | None = None
     error: str | None = None
     try:
-        check_callback_url(url, allowlist, resolve)
+        addresses = check_callback_url(url, allowlist, resolve)
         headers = signed_headers(secret, msg_id, body, now)
-        with client.stream("POST", url, content=body, headers=headers) as response:
+        # The client's PinnedTransport connects to one of these, never to a new DNS answer
+        # ([]: allow-listed by name, connect by name).
+        pinned = {PINNED_ADDRESSES: addresses}
+        with client.stream(
+            "POST", url, content=body, headers=headers, extensions=pinned
+        ) as response:
             status = response.status_code
             retry_after = parse_retry_after(response.headers.get("retry-after"), now)
     except CallbackRefused as exc:
@@ -266,9 +219,11 @@ def _record(
     )
 
 
-def http_client(settings: Settings) -> httpx.Client:
-    """The process's callback client: bounded timeouts, no redirects, no proxy from env."""
+def http_client(settings: Settings, resolve: Resolver = system_resolver) -> httpx.Client:
+    """The process's callback client: bounded timeouts, no redirects, no proxy from env,
+    connections pinned to the addresses the SSRF guard vetted (``PinnedTransport``)."""
     return httpx.Client(
+        transport=PinnedTransport(settings.callback_allowlist, resolve),
         timeout=httpx.Timeout(
             settings.callback_timeout_s, connect=settings.callback_connect_timeout_s
         ),

@@ -317,20 +317,81 @@ def test_manifest_input_streams_items(storage: Storage, remote: MemoryStore) -> 
 # --- tar archives -----------------------------------------------------------------------------
 
 
-def test_non_regular_members_are_skipped() -> None:
+def _every_member_type(compression: str = "", format: int = tarfile.GNU_FORMAT) -> bytes:
+    """A tar with one member of every type: folder, file, links, FIFO, devices, unknown."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        link = tarfile.TarInfo("link.jpg")
-        link.type, link.linkname = tarfile.SYMTYPE, "a.jpg"
-        tar.addfile(link)
+    with tarfile.open(fileobj=buffer, mode=f"w:{compression}", format=format) as tar:
         folder = tarfile.TarInfo("folder")
         folder.type = tarfile.DIRTYPE
         tar.addfile(folder)
         info = tarfile.TarInfo("folder/a.jpg")
         info.size = 1
         tar.addfile(info, io.BytesIO(b"a"))
-    buffer.seek(0)
-    assert uris(iter_tar_items(buffer, "t.tar", MAX)) == ["t.tar#folder/a.jpg"]
+        for name, kind, target in [
+            ("symlink.jpg", tarfile.SYMTYPE, "/etc/passwd"),
+            ("hardlink.jpg", tarfile.LNKTYPE, "folder/a.jpg"),
+            ("fifo.jpg", tarfile.FIFOTYPE, ""),
+            ("char.jpg", tarfile.CHRTYPE, ""),
+            ("block.jpg", tarfile.BLKTYPE, ""),
+            (f"{'long/' * 30}symlink.jpg", tarfile.SYMTYPE, f"{'far/' * 30}target.jpg"),
+        ]:
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname = kind, target
+            tar.addfile(member)
+    return buffer.getvalue()
+
+
+EXPECTED_MEMBERS = [
+    ("folder/a.jpg", None, ""),
+    ("symlink.jpg", "symbolic link", "/etc/passwd"),
+    ("hardlink.jpg", "hard link", "folder/a.jpg"),
+    ("fifo.jpg", "FIFO", ""),
+    ("char.jpg", "character device", ""),
+    ("block.jpg", "block device", ""),
+    (f"{'long/' * 30}symlink.jpg", "symbolic link", f"{'far/' * 30}target.jpg"),
+]
+
+
+@pytest.mark.parametrize(
+    ("compression", "format"),
+    [
+        ("", tarfile.GNU_FORMAT),  # worker.classify.tarstream's own parser
+        ("", tarfile.PAX_FORMAT),
+        ("gz", tarfile.GNU_FORMAT),  # tarfile's, for compressed streams
+    ],
+    ids=["gnu", "pax", "gzip"],
+)
+def test_every_file_like_member_has_an_item_and_non_regular_ones_fail_unsupported_member(
+    compression: str, format: int
+) -> None:
+    data = _every_member_type(compression, format)
+    items = list(iter_tar_items(io.BytesIO(data), "s3://b/t.tar", MAX))
+    assert uris(items) == [f"s3://b/t.tar#{name}" for name, _, _ in EXPECTED_MEMBERS]
+    assert items[0].load() == b"a"
+    for item, (name, kind, target) in zip(items[1:], EXPECTED_MEMBERS[1:], strict=True):
+        with pytest.raises(ImageFailure) as caught:
+            item.load()
+        assert caught.value.code == ErrorCode.UNSUPPORTED_MEMBER
+        assert f"{name!r} is a {kind}" in caught.value.message
+        assert "not a regular file" in caught.value.message
+        if target:
+            assert repr(target) in caught.value.message
+
+
+def test_members_of_an_unknown_type_fail_unsupported_member() -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        odd = tarfile.TarInfo("odd.jpg")
+        odd.type = b"Q"
+        tar.addfile(odd)
+        info = tarfile.TarInfo("b.jpg")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"b"))
+    [odd_item, good] = iter_tar_items(io.BytesIO(buffer.getvalue()), "t.tar", MAX)
+    with pytest.raises(ImageFailure, match="unknown type") as caught:
+        odd_item.load()
+    assert caught.value.code == ErrorCode.UNSUPPORTED_MEMBER
+    assert good.load() == b"b"
 
 
 def test_oversize_and_empty_members_fail_without_stopping_the_stream(tmp_path: Path) -> None:

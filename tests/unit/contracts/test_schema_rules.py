@@ -115,6 +115,21 @@ BROKEN: list[tuple[str, str, Callable[[Document], None], str]] = [
         "line break",
     ),
     ("classify-job", "classify-job-prefix", set_path("output.uri", "/tmp/results"), "output uri"),
+    # ... and plain keys (contracts.keys): no traversal, empty segments, control characters
+    (
+        "classify-job",
+        "classify-job-prefix",
+        set_path("output.uri", "s3://results/tenant-a/../../other/x"),
+        "dot-dot output",
+    ),
+    ("classify-job", "classify-job-prefix", set_path("inputs.prefix", "s3://abc/./x/"), "dot"),
+    ("classify-job", "classify-job-uris", set_path("inputs.uris.0", "s3://abc/a//b"), "a//b"),
+    ("classify-job", "classify-job-uris", set_path("inputs.uris.0", "s3://abc//b"), "leading //"),
+    ("classify-job", "classify-job-uris", set_path("inputs.uris.0", "s3://abc/a\tb"), "tab"),
+    ("classify-job", "classify-job-uris", set_path("inputs.uris.0", "s3://abc/a\n"), "trailing LF"),
+    ("classify-job", "classify-job-uris", set_path("inputs.uris.0", "s3://abc/a\x7f"), "DEL"),
+    ("classify-job", "classify-job-uris", set_path("inputs.uris.0", "s3://abc/..\\x"), "backslash"),
+    ("classify-job", "classify-job-uris", set_path("inputs.uris.0", "s3://abc/x/.."), "final .."),
     ("classify-job", "classify-job-uris", set_path("callback.url", "ftp://x.example/h"), "ftp"),
     ("classify-job", "classify-job-uris", set_path("callback.url", "http:///hook"), "no host"),
     ("classify-job", "classify-job-uris", set_path("inputs", {"uris": ["s3://abc/b"]}), "no kind"),
@@ -135,6 +150,8 @@ BROKEN: list[tuple[str, str, Callable[[Document], None], str]] = [
     ("retrain-job", "retrain-job", set_path("holdout.share", 0.95), "share too large"),
     ("retrain-job", "retrain-job", set_path("dataset", {"prefix": "s3://data/x/"}), "no kind"),
     ("retrain-job", "retrain-job", set_path("dataset.prefix", "gs://data/x/"), "dataset uri"),
+    ("retrain-job", "retrain-job", set_path("dataset.prefix", "s3://data/../x/"), "dataset .."),
+    ("retrain-job", "retrain-job", set_path("holdout", {"prefix": "s3://data/a//"}), "holdout //"),
     # ClassifyShard: items or a tar slice, never both, never neither
     (
         "classify-shard",
@@ -212,6 +229,19 @@ def test_a_document_that_breaks_a_rule_is_rejected_by_schema_and_model(
             "classify-job",
             edit("classify-job-uris", set_path("callback.url", "HTTPS://hooks.example.com/x")),
             id="upper-case scheme",
+        ),
+        pytest.param(
+            "classify-job",
+            edit(
+                "classify-job-uris",
+                set_path("inputs.uris", ["s3://abc/...", "s3://abc/a..b/.x/x.", "s3://abc/é #1"]),
+            ),
+            id="dots inside names, non-ASCII",
+        ),
+        pytest.param(
+            "classify-job",
+            edit("classify-job-prefix", set_path("inputs.prefix", "s3://abc/")),
+            id="a whole bucket",
         ),
     ],
 )
