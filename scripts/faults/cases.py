@@ -188,22 +188,37 @@ def baseline(suite: Suite) -> None:
         follow_up(suite.stack, settings, app)
 
 
+def kill_point(suite: Suite, job: Any) -> str:
+    """Wait for a random point of the job's life and say which: right after submission
+    (5 %), after a random number of its shards is done (most), or once its summary is
+    written (10 %: finalisation and the callback). Drawn by stage, not by delay, so the
+    points spread over the stages however fast the machine runs the job."""
+    point = suite.rng.random() * 1.1
+    if point < 0.05:
+        return "at once"
+    if point > 1.0:
+        wait_for(lambda: read_summary(suite.stack.storage, layout(job)), JOB_TIMEOUT_S, "summary")
+        return "after the summary"
+    record = wait_for(lambda: read_job_record(suite.stack.storage, layout(job)), 60, "job.json")
+    target = max(1, round(point * record.shards))
+    wait_for(lambda: shards_done(suite.stack, job) >= target, JOB_TIMEOUT_S, f"{target} shards")
+    return f"after {target} shards"
+
+
 def sigkill(suite: Suite) -> None:
-    """SIGKILL the worker after a random delay across the job's stages; a new worker
+    """SIGKILL the worker at a random point of the job (see ``kill_point``); a new worker
     (the next run's victim) must finish the job."""
     runs = 1 if suite.quick else suite.sigkill_runs
-    span = (suite.baseline_s or 8.0) * 0.9  # most kills land mid-job, a few after it
     with workers(suite, "kill") as (settings, app, started):
         current = started[0]
         for run in range(1, runs + 1):
             with suite.row(f"sigkill[{run:02d}]") as note:
                 job, uris = main_job(suite, "kill", "/kill")
-                delay = suite.rng.uniform(0.0, span)
                 begun = submit(suite.stack, settings, app, job)
-                time.sleep(max(0.0, begun + delay - time.monotonic()))
-                stage = stage_of(suite.stack, job)
+                aim = kill_point(suite, job)
+                delay = time.monotonic() - begun
                 current.kill()
-                note.add(f"killed at {delay:.1f} s: {stage}")
+                note.add(f"killed {aim} ({delay:.1f} s): {stage_of(suite.stack, job)}")
                 current = suite.stack.start_worker(settings)
                 started.append(current)
                 done = wait_finished(suite.stack, job, begun, JOB_TIMEOUT_S)
@@ -339,7 +354,7 @@ def s3_outage(suite: Suite, seconds: float) -> None:
         done = wait_finished(suite.stack, job, begun, seconds + JOB_TIMEOUT_S)
         assert_complete(done, uris)
         note.finished(done)
-        codes = Counter(r.error.code for r in done.results if r.error is not None)
+        codes = Counter(str(r.error.code) for r in done.results if r.error is not None)
         note.add(f"{done.callback_note()}; errors {dict(codes) or 'none'}")
         follow_up(suite.stack, settings, app)
 

@@ -4,7 +4,7 @@
 queues, every hostile file, a 5xx callback); the default adds SIGTERM, two
 workers on one job, RabbitMQ restarts and a 10 s S3 outage; ``--long`` adds the
 60 s and 10-minute S3 outages. ``--only`` runs the named cases whatever their
-tier (``baseline`` always runs first: SIGKILL delays are drawn across its time).
+tier (``baseline`` always runs first: the healthy reference for the times to finish).
 Exit status 0 when every row passed.
 """
 
