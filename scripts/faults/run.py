@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -70,8 +71,16 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM, and SIGINT even where a shell started us in the background with SIGINT
+    # ignored, unwind through Stack.close: workers, SeaweedFS and the private node stop.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     logging.disable(logging.WARNING)  # boto and kombu retries while S3 or RabbitMQ are down
     wanted = set(args.only)
     unknown = wanted - {c.name for c in CASES}
