@@ -188,19 +188,18 @@ def baseline(suite: Suite) -> None:
         follow_up(suite.stack, settings, app)
 
 
-def kill_point(suite: Suite, job: Any) -> str:
-    """Wait for a random point of the job's life and say which: right after submission
-    (5 %), after a random number of its shards is done (most), or once its summary is
-    written (10 %: finalisation and the callback). Drawn by stage, not by delay, so the
-    points spread over the stages however fast the machine runs the job."""
-    point = suite.rng.random() * 1.1
-    if point < 0.05:
+def kill_point(suite: Suite, job: Any, run: int) -> str:
+    """Wait for a point of the job's life and say which. Runs 5, 15, ... kill right after
+    submission, runs 10, 20, ... once the summary is written (finalisation and callback),
+    the others after a random number of the job's shards is done: drawn by stage, not by
+    delay, so the points cover every stage however fast the machine runs the job."""
+    if run % 10 == 5:
         return "at once"
-    if point > 1.0:
+    if run % 10 == 0:
         wait_for(lambda: read_summary(suite.stack.storage, layout(job)), JOB_TIMEOUT_S, "summary")
         return "after the summary"
     record = wait_for(lambda: read_job_record(suite.stack.storage, layout(job)), 60, "job.json")
-    target = max(1, round(point * record.shards))
+    target = max(1, round(suite.rng.random() * record.shards))
     wait_for(lambda: shards_done(suite.stack, job) >= target, JOB_TIMEOUT_S, f"{target} shards")
     return f"after {target} shards"
 
@@ -215,7 +214,7 @@ def sigkill(suite: Suite) -> None:
             with suite.row(f"sigkill[{run:02d}]") as note:
                 job, uris = main_job(suite, "kill", "/kill")
                 begun = submit(suite.stack, settings, app, job)
-                aim = kill_point(suite, job)
+                aim = kill_point(suite, job, run)
                 delay = time.monotonic() - begun
                 current.kill()
                 note.add(f"killed {aim} ({delay:.1f} s): {stage_of(suite.stack, job)}")
