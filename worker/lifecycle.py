@@ -2,7 +2,8 @@
 
 One ``ShutdownState`` per process (``SHUTDOWN``). Nothing in it knows about
 Celery: the queue layer calls ``SHUTDOWN.begin(grace_s)`` when the worker gets
-SIGTERM (``worker.queue.shutdown``), and everything else only reads it:
+SIGTERM (``worker.queue.tasks``, on Celery's ``worker_shutting_down``), and everything
+else only reads it:
 
 - readiness (``/readyz``) reports not ready while ``SHUTDOWN.is_set()``, so load
   balancers and autoscalers stop counting on the worker at once;

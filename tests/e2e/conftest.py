@@ -201,14 +201,22 @@ def unique_node_name(command: list[str], settings: Settings) -> list[str]:
     return command
 
 
-def start_worker(command: list[str], settings: Settings, log_path: Path) -> WorkerProcess:
-    """Start ``command`` (with a unique node name) and return once it logged ``worker_ready``."""
+def start_worker(
+    command: list[str],
+    settings: Settings,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+) -> WorkerProcess:
+    """Start ``command`` (with a unique node name) and return once it logged ``worker_ready``.
+
+    ``extra_env`` adds variables (``SYNTHDETECT_*`` settings the environment above leaves out).
+    """
     command = unique_node_name(command, settings)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command,
             cwd=REPO,
-            env=worker_environment(settings),
+            env={**worker_environment(settings), **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

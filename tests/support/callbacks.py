@@ -1,7 +1,9 @@
 """``CallbackReceiver``: a real HTTP server that verifies Standard Webhooks signatures.
 
 Tests script its answers per path (``plan("/flaky", 503, 503)`` answers 503
-twice, then 200) and read what arrived from ``deliveries``.
+twice, then 200) and read what arrived from ``deliveries``. ``hold(path)`` keeps
+the next request to a path waiting for its answer until the test releases it (a
+slow receiver, to do something while a worker is inside a callback attempt).
 """
 
 from __future__ import annotations
@@ -28,11 +30,21 @@ class Delivery:
     at: float
 
 
+@dataclass(frozen=True)
+class Hold:
+    """``arrived`` is set when the held request came in; set ``release`` to answer it."""
+
+    arrived: threading.Event
+    release: threading.Event
+    timeout_s: float
+
+
 class CallbackReceiver:
     def __init__(self, secret: str) -> None:
         self._webhook = Webhook(secret)
         self._lock = threading.Lock()
         self._plans: dict[str, list[int]] = {}
+        self._holds: dict[str, Hold] = {}
         self.deliveries: list[Delivery] = []
         receiver = self
 
@@ -44,6 +56,11 @@ class CallbackReceiver:
                 except WebhookVerificationError:
                     body, verified = json.loads(raw), False
                 status = receiver._next_status(self.path)
+                with receiver._lock:
+                    hold = receiver._holds.pop(self.path, None)
+                if hold is not None:
+                    hold.arrived.set()
+                    hold.release.wait(hold.timeout_s)
                 with receiver._lock:
                     receiver.deliveries.append(
                         Delivery(
@@ -74,6 +91,13 @@ class CallbackReceiver:
         with self._lock:
             self._plans[path] = list(statuses)
         return self.base_url + path
+
+    def hold(self, path: str, timeout_s: float = 120.0) -> Hold:
+        """Keep the next request to ``path`` unanswered until ``release`` is set."""
+        hold = Hold(threading.Event(), threading.Event(), timeout_s)
+        with self._lock:
+            self._holds[path] = hold
+        return hold
 
     def _next_status(self, path: str) -> int:
         with self._lock:

@@ -280,13 +280,14 @@ def give_up_shard(
     layout = JobLayout.of(shard.output.uri, shard.job_id)
     if not storage.exists(layout.done(shard.index)):
         error_code = _error_code(code)
-        kept = {r.uri: r for r in results or [] if not _unavailable(r)}
+        read = [r for r in results or [] if not _unavailable(r)]
+        kept = {r.uri: r for r in read}
         rows: list[ImageResult] = []
         unlisted = shard.tar_slice is not None or inputs is not None
-        if shard.tar_slice is not None:
+        if shard.tar_slice is not None:  # its members are known only as far as it was read
             piece = shard.tar_slice
             inputs = inputs or f"{piece.uri} bytes [{piece.start}, {piece.end})"
-            rows = list(kept.values())
+            rows = read
         for item in shard.items or []:
             rows.append(
                 kept.get(item.uri)

@@ -162,12 +162,22 @@ class DynamicBatcher(Generic[T, R]):
         """Whether every batch runner thread runs (False after ``close`` or if one died)."""
         return all(thread.is_alive() for thread in self._threads)
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop accepting items, finish everything already queued, stop the threads."""
+    def close(self, timeout: float | None = 30.0, discard_queued: bool = False) -> None:
+        """Stop accepting items, finish everything already queued, stop the threads.
+
+        ``discard_queued`` cancels the queued items instead of running them (their
+        futures raise ``CancelledError``): for a worker shutting down after its tasks
+        handed their messages back, when nobody waits for those results any more.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            if discard_queued:
+                for _, future, _ in (*self._urgent, *self._bulk):
+                    future.cancel()
+                self._urgent.clear()
+                self._bulk.clear()
             self._arrived.notify_all()
             self._urgent_arrived.notify_all()
             self._room.notify_all()

@@ -130,6 +130,6 @@ class InferenceEngine:
         """
         return self._batcher.submit(ScoringRequest(pixels, model), urgent)
 
-    def close(self) -> None:
-        """Finish queued images and stop the batcher thread."""
-        self._batcher.close()
+    def close(self, discard_queued: bool = False) -> None:
+        """Finish (or, with ``discard_queued``, drop) queued images; stop the batcher threads."""
+        self._batcher.close(discard_queued=discard_queued)

@@ -3,7 +3,7 @@
 Every task shares one ``_Runtime`` per process: settings, storage, the
 inference engine (created on first use, so CUDA starts in the process that
 scores, never before a fork) and the callback HTTP client. Cross-cutting
-behaviour sits in ``JobTask`` and ``_on_storage_failure``:
+behaviour sits in ``JobTask`` and ``on_storage_failure``:
 
 - transient storage errors are retried over ``storage_retry_window_s`` from the
   first failure (``worker.queue.retrywindow``; the state travels in the message's
@@ -202,8 +202,10 @@ class _Runtime:
         )
 
     def close(self) -> None:
+        """Release the engine and the HTTP client. Runs after every task has ended (finished
+        or handed back), so images still queued in the batcher belong to no one: dropped."""
         if self._engine is not None:
-            self._engine.close()
+            self._engine.close(discard_queued=True)
         if self._client is not None:
             self._client.close()
 
@@ -213,7 +215,7 @@ probes.install(app)
 
 
 class JobTask(Task[..., None]):
-    """Dead-letters whatever fails for good (storage retries: ``_on_storage_failure``)."""
+    """Dead-letters whatever fails for good (storage retries: ``on_storage_failure``)."""
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -228,7 +230,7 @@ class JobTask(Task[..., None]):
             log.exception("dead_letter_failed", reason=reason, job_id=job_id)
 
 
-def _on_storage_failure(
+def on_storage_failure(
     task: str,
     exc: StorageError,
     state: RetryState | None,
@@ -321,7 +323,7 @@ def accept_job(job: dict[str, Any], retry: dict[str, Any] | None = None) -> None
             _hand_back(TASK_ACCEPT, [job], {"retry": retry} if retry else {}, str(exc))
         except StorageError as exc:
             failure = exc if isinstance(exc, jobs.ShardStorageFailure) else None
-            _on_storage_failure(
+            on_storage_failure(
                 TASK_ACCEPT,
                 exc,
                 state,
@@ -351,7 +353,7 @@ def classify_shard(shard: dict[str, Any], retry: dict[str, Any] | None = None) -
             _hand_back(TASK_SHARD, [shard], {"retry": retry} if retry else {}, str(exc))
         except StorageError as exc:
             results = exc.results if isinstance(exc, jobs.ShardStorageFailure) else None
-            _on_storage_failure(
+            on_storage_failure(
                 TASK_SHARD,
                 exc,
                 state,
@@ -376,7 +378,7 @@ def deliver_callback(
             else:
                 raise JobRejected(f"unknown callback kind {kind!r}")
         except StorageError as exc:
-            _on_storage_failure(
+            on_storage_failure(
                 TASK_DELIVER, exc, RetryState.from_message(retry), [job_id, location, kind], None
             )
 
@@ -419,6 +421,12 @@ def _sweep_owed_callbacks() -> None:
             queued = runtime.sweep_owed_callbacks()
             if queued:
                 log.info("owed_callbacks_queued", count=queued)
+        except StorageError as exc:  # e.g. no s3:ListAllMyBuckets permission
+            log.warning(
+                "sweep_failed",
+                error=str(exc),
+                hint="list the results buckets in SYNTHDETECT_CALLBACK_SWEEP_BUCKETS",
+            )
         except Exception:
             log.exception("sweep_failed")
         if SHUTDOWN.sleep(interval):

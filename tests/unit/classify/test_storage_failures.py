@@ -6,7 +6,9 @@ broker, ``httpx.MockTransport`` for the receiver), with a store that can go down
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import time
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -255,3 +257,36 @@ def test_an_attempt_claimed_by_another_sender_is_not_sent_again(
     stored = read_delivery(services.storage, target.record_uri)
     assert stored is not None
     assert stored.state == "delivered"
+
+
+def test_a_tar_slice_that_gives_up_names_the_bytes_it_could_not_read(
+    services: jobs.JobServices, broker: Broker, remote: FlakyStore
+) -> None:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for uri in sorted(remote.objects)[:5]:
+            data = remote.objects[uri]
+            member = tarfile.TarInfo(uri.rsplit("/", 1)[-1])
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    remote.objects["s3://inp/set.tar"] = archive.getvalue()
+    jobs.accept_job(make_job(inputs={"kind": "tar", "tar": "s3://inp/set.tar"}), services)
+    first, *others = broker.shards
+    for shard in others:
+        jobs.run_shard(shard, services)
+    remote.down = "s3://inp/set.tar"
+    with pytest.raises(jobs.ShardStorageFailure) as failure:
+        jobs.run_shard(first, services)
+    remote.down = ""
+    jobs.give_up_shard(first, services, failure.value.code, str(failure.value), [])
+    summary = read_summary(services.storage, layout())
+    assert summary is not None
+    assert summary.status == "partial"
+    assert summary.counts.total == 3  # the two members of the unread slice are in no count
+    assert summary.failed_shards is not None
+    failed = summary.failed_shards[0]
+    assert failed.images_unlisted
+    assert first.tar_slice is not None
+    assert (
+        failed.inputs == f"s3://inp/set.tar bytes [{first.tar_slice.start}, {first.tar_slice.end})"
+    )

@@ -10,6 +10,7 @@ from concurrent.futures import Future
 
 import pytest
 
+from tests.support.waiting import wait_until
 from worker.inference.batcher import BatcherClosed, BatchEvent, BatchFailed, DynamicBatcher
 
 WAIT_S = 10.0
@@ -303,3 +304,25 @@ def test_an_urgent_runner_serves_urgent_items_while_the_others_are_busy() -> Non
             release.set()
         for future in bulk:
             future.result(WAIT_S)
+
+
+def test_closing_with_discard_drops_queued_items_instead_of_running_them() -> None:
+    release = threading.Event()
+    ran: list[int] = []
+
+    def slow(items: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+        release.wait(WAIT_S)
+        ran.extend(n for _, n in items)
+        return [(o, n, 2 * n) for o, n in items]
+
+    batcher = DynamicBatcher(slow, max_batch=1, max_wait_ms=0)
+    running = batcher.submit((0, 0))
+    wait_until(lambda: batcher.queued == 0, WAIT_S, "the first item to start")
+    queued = [batcher.submit((0, n)) for n in range(1, 20)]
+    closer = threading.Thread(target=lambda: batcher.close(discard_queued=True))
+    closer.start()
+    release.set()
+    closer.join(WAIT_S)
+    assert running.result(WAIT_S) == (0, 0, 0)  # the batch under way finishes
+    assert all(f.cancelled() for f in queued)
+    assert ran == [0]
