@@ -109,7 +109,7 @@ def _wrong_content_type(message: Any) -> str:
     )
 
 
-def _settle(message: Any, requeue: bool | None = None) -> None:
+def _settle(message: Any, requeue: bool = False) -> None:
     """Ack (or, with ``requeue``, reject back to the queue); a lost connection only logs:
     the broker redelivers what was never settled."""
     try:
@@ -118,7 +118,7 @@ def _settle(message: Any, requeue: bool | None = None) -> None:
         else:
             message.ack()
     except Exception:
-        log.exception("message_settle_failed", requeue=bool(requeue))
+        log.exception("message_settle_failed", requeue=requeue)
 
 
 def source_queue(delivery_info: dict[str, Any]) -> str:
