@@ -181,8 +181,8 @@ def baseline(suite: Suite) -> None:
         done = wait_finished(
             suite.stack, job, submit(suite.stack, settings, app, job), JOB_TIMEOUT_S
         )
-        assert_complete(done, uris)
         note.finished(done)
+        assert_complete(done, uris)
         suite.baseline_s = done.seconds
         note.add(f"{len(uris)} images, {done.summary.shards} shards; {done.callback_note()}")
         follow_up(suite.stack, settings, app)
@@ -221,8 +221,8 @@ def sigkill(suite: Suite) -> None:
                 current = suite.stack.start_worker(settings)
                 started.append(current)
                 done = wait_finished(suite.stack, job, begun, JOB_TIMEOUT_S)
-                assert_complete(done, uris)
                 note.finished(done)
+                assert_complete(done, uris)
                 note.add(done.callback_note())
                 follow_up(suite.stack, settings, app)
 
@@ -246,27 +246,31 @@ def sigterm(suite: Suite) -> None:
         successor = suite.stack.start_worker(settings)
         started.append(successor)
         done = wait_finished(suite.stack, job, begun, JOB_TIMEOUT_S)
-        assert_complete(done, uris)
         note.finished(done)
+        assert_complete(done, uris)
         note.add(done.callback_note())
         follow_up(suite.stack, settings, app)
 
 
 def two_workers(suite: Suite) -> None:
-    """The same job published twice at the same instant, two workers consuming."""
-    rounds = 1 if suite.quick else 3
+    """The same job published twice at the same instant, two workers consuming. Rounds
+    alternate a 5-image job (one shard: both copies race through the short road and its
+    finalisation at once) and the 400-image job (40 shards, then one finalisation)."""
+    rounds = 1 if suite.quick else 10
     with workers(suite, "twice", 2) as (settings, app, _):
         second_app = suite.stack.producer(settings)
         for round_ in range(1, rounds + 1):
-            with suite.row(f"two-workers[{round_}]") as note:
-                _same_job_twice(suite, settings, (app, second_app), note)
+            size = 5 if round_ % 2 else MAIN_IMAGES
+            with suite.row(f"two-workers[{round_:02d}]") as note:
+                _same_job_twice(suite, settings, (app, second_app), note, size)
         follow_up(suite.stack, settings, app)
 
 
 def _same_job_twice(
-    suite: Suite, settings: Settings, producers: tuple[Celery, Celery], note: Note
+    suite: Suite, settings: Settings, producers: tuple[Celery, Celery], note: Note, size: int
 ) -> None:
-    job, uris = main_job(suite, "twice", "/twice")
+    uris = suite.stack.images[:size]
+    job = make_job(suite.stack, uris, "/twice", tag="twice")
     gate = threading.Barrier(2)
 
     def send(producer: Celery) -> None:
@@ -280,10 +284,10 @@ def _same_job_twice(
     for thread in threads:
         thread.join()
     done = wait_finished(suite.stack, job, begun, JOB_TIMEOUT_S)
-    assert_complete(done, uris)
     note.finished(done)
     attempts = len(done.record.attempts) if done.record else 0
-    note.add(f"{done.callback_note()}; delivery.json has {attempts} attempt(s)")
+    note.add(f"{size} images; {done.callback_note()}; delivery.json has {attempts} attempt(s)")
+    assert_complete(done, uris)
     check(
         attempts == len(done.deliveries),
         f"delivery.json records {attempts} attempts, the receiver saw {len(done.deliveries)}",
@@ -323,8 +327,8 @@ def broker_restart(suite: Suite, at_finalisation: bool) -> None:
             suite.stack.broker_up()
             note.add(f"down {time.monotonic() - down_at:.0f} s")
             done = wait_finished(suite.stack, job, begun, JOB_TIMEOUT_S)
-            assert_complete(done, uris)
             note.finished(done)
+            assert_complete(done, uris)
             note.add(done.callback_note())
             follow_up(suite.stack, settings, app)
 
@@ -351,8 +355,8 @@ def s3_outage(suite: Suite, seconds: float) -> None:
             suite.stack.s3_up()
         note.add(f"S3 down at {stage} for {time.monotonic() - down_at:.0f} s")
         done = wait_finished(suite.stack, job, begun, seconds + JOB_TIMEOUT_S)
-        assert_complete(done, uris)
         note.finished(done)
+        assert_complete(done, uris)
         codes = Counter(str(r.error.code) for r in done.results if r.error is not None)
         note.add(f"{done.callback_note()}; errors {dict(codes) or 'none'}")
         follow_up(suite.stack, settings, app)
@@ -555,8 +559,8 @@ def bad_input(suite: Suite) -> None:
                 stack.storage.put_bytes(uri, hostile.data)
             job = make_job(stack, list(by_uri), "/bad", tag="bad")
             done = wait_finished(stack, job, submit(stack, settings, app, job), JOB_TIMEOUT_S)
-            assert_complete(done, list(by_uri))
             note.finished(done)
+            assert_complete(done, list(by_uri))
             wrong = []
             for result in done.results:
                 code = result.error.code if result.error is not None else None
