@@ -1,0 +1,3 @@
+from scripts.faults.run import main
+
+raise SystemExit(main())
