@@ -302,64 +302,63 @@ def _job_id_from_args(args: Any) -> str | None:
     return first if isinstance(first, str) else None
 
 
+def _within_storage_window(
+    task: str,
+    message: dict[str, Any],
+    retry: dict[str, Any] | None,
+    work: Callable[[], None],
+    give_up: Callable[[RetryState, StorageError | None], None],
+) -> None:
+    """Run a job task's ``work`` under the storage retry window.
+
+    Both job tasks have the same three ways out besides success: the window is spent
+    (``give_up`` records it for the job, no new attempt), a soft shutdown stops the
+    work (the message goes back untouched), or storage fails (retried within the
+    window, then given up). ``give_up`` gets the failure when there is one.
+    """
+    state = RetryState.from_message(retry)
+    if state is not None and state.giving_up:
+        _give_up(task, state, [message], lambda s: give_up(s, None))
+        return
+    try:
+        work()
+    except WorkHandedBack as exc:
+        _hand_back(task, [message], {"retry": retry} if retry else {}, str(exc))
+    except StorageError as exc:
+        failure = exc  # ``exc`` itself is unbound once the except block ends
+        on_storage_failure(task, failure, state, [message], lambda s: give_up(s, failure))
+
+
 @app.task(name=TASK_ACCEPT, base=JobTask)
 def accept_job(job: dict[str, Any], retry: dict[str, Any] | None = None) -> None:
     """A ClassifyJob from any producer (the Python client, or ``PlainJsonIngest``)."""
     parsed = validate_job(job)
-    state = RetryState.from_message(retry)
     with structlog.contextvars.bound_contextvars(job_id=parsed.job_id):
         services = runtime.services()
-        if state is not None and state.giving_up:
-            _give_up(
-                TASK_ACCEPT,
-                state,
-                [job],
-                lambda s: jobs.give_up_job(parsed, services, s.code, s.reason),
-            )
-            return
-        try:
-            jobs.accept_job(parsed, services)
-        except WorkHandedBack as exc:
-            _hand_back(TASK_ACCEPT, [job], {"retry": retry} if retry else {}, str(exc))
-        except StorageError as exc:
+
+        def give_up(state: RetryState, exc: StorageError | None) -> None:
             failure = exc if isinstance(exc, jobs.ShardStorageFailure) else None
-            on_storage_failure(
-                TASK_ACCEPT,
-                exc,
-                state,
-                [job],
-                lambda s: jobs.give_up_job(parsed, services, s.code, s.reason, failure),
-            )
+            jobs.give_up_job(parsed, services, state.code, state.reason, failure)
+
+        _within_storage_window(
+            TASK_ACCEPT, job, retry, lambda: jobs.accept_job(parsed, services), give_up
+        )
 
 
 @app.task(name=TASK_SHARD, base=JobTask)
 def classify_shard(shard: dict[str, Any], retry: dict[str, Any] | None = None) -> None:
     """One shard of a split job."""
     parsed = ClassifyShard.from_json_value(shard)
-    state = RetryState.from_message(retry)
     with structlog.contextvars.bound_contextvars(job_id=parsed.job_id, shard=parsed.index):
         services = runtime.services()
-        if state is not None and state.giving_up:
-            _give_up(
-                TASK_SHARD,
-                state,
-                [shard],
-                lambda s: jobs.give_up_shard(parsed, services, s.code, s.reason),
-            )
-            return
-        try:
-            jobs.run_shard(parsed, services)
-        except WorkHandedBack as exc:
-            _hand_back(TASK_SHARD, [shard], {"retry": retry} if retry else {}, str(exc))
-        except StorageError as exc:
+
+        def give_up(state: RetryState, exc: StorageError | None) -> None:
             results = exc.results if isinstance(exc, jobs.ShardStorageFailure) else None
-            on_storage_failure(
-                TASK_SHARD,
-                exc,
-                state,
-                [shard],
-                lambda s: jobs.give_up_shard(parsed, services, s.code, s.reason, results),
-            )
+            jobs.give_up_shard(parsed, services, state.code, state.reason, results)
+
+        _within_storage_window(
+            TASK_SHARD, shard, retry, lambda: jobs.run_shard(parsed, services), give_up
+        )
 
 
 @app.task(name=TASK_DELIVER, base=JobTask)
