@@ -252,3 +252,28 @@ def test_good_missing_and_corrupt_images_end_partial(
         "unsupported_format": 1,
     }
     assert body["counts"]["out_of_domain"] == 1
+
+
+def test_a_job_whose_manifest_does_not_exist_is_answered_failed_not_dropped(
+    worker: WorkerProcess, dataset: Dataset, receiver: CallbackReceiver, storage: Storage
+) -> None:
+    """A missing input is a permanent storage error: the producer hears of it."""
+    job_id = new_job_id("no-manifest")
+    output = f"s3://{dataset.bucket}/results/no-manifest"
+    manifest = f"s3://{dataset.bucket}/manifests/{job_id}.csv"
+    body = {
+        "job_id": job_id,
+        "inputs": {"kind": "manifest", "manifest": manifest},
+        "output": {"uri": output},
+        "callback": {"url": receiver.plan("/no-manifest")},
+    }
+    publish_plain(QueueNames.from_settings(worker.settings).jobs, json.dumps(body).encode())
+    delivery = wait_for_callback(receiver, job_id, timeout_s=60)
+    assert_delivered_once(receiver, job_id)
+    assert delivery.body["status"] == "failed"
+    assert delivery.body["counts"]["total"] == 0
+    (failure,) = delivery.body["failed_shards"]
+    assert failure["code"] == "not_found"
+    assert failure["inputs"] == f"manifest {manifest} (not read)"
+    summary, _ = job_results(storage, output, job_id)
+    assert summary.status == "failed"
