@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts import ModelRef
+from contracts import ClassifyJob, ModelRef
 from scripts.dev_s3 import DEV_ACCESS_KEY_ID, DEV_REGION, DEV_SECRET_ACCESS_KEY, SeaweedServer
 from tests.e2e.checks import outcome
 from tests.support.brokers import free_port
@@ -32,6 +32,7 @@ from worker.classify.inputs import InputItem
 from worker.classify.pipeline import PipelineConfig, classify_items
 from worker.imaging import ImageLimits
 from worker.inference.engine import InferenceEngine
+from worker.queue.producer import submit_job
 from worker.settings import Settings
 from worker.storage import S3Store, Storage
 
@@ -249,3 +250,24 @@ def worker_settings(e2e_s3: Settings, **overrides: object) -> Settings:
 
 def executable(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def submit_bulk_prefix_job(
+    settings: Settings, prefix: str, output: str, receiver: CallbackReceiver, name: str
+) -> ClassifyJob:
+    """Send a bulk job over ``prefix`` with a callback planned at ``/<name>``.
+
+    The shape every fault test starts from: many shards (bulk), so a fault can land
+    between them, and a callback, so "answered once" can be checked.
+    """
+    job = ClassifyJob.model_validate(
+        {
+            "job_id": f"{name}-{uuid.uuid4().hex[:8]}",
+            "inputs": {"kind": "prefix", "prefix": prefix},
+            "output": {"uri": output},
+            "priority": "bulk",
+            "callback": {"url": receiver.plan(f"/{name}")},
+        }
+    )
+    submit_job(job, settings)
+    return job

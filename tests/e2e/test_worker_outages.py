@@ -15,7 +15,6 @@ The figures (outage length, restart-to-callback time) are printed (``pytest -s``
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,13 @@ from tests.e2e.checks import (
     outcome,
     wait_for_callback,
 )
-from tests.e2e.conftest import WorkerProcess, executable, start_worker, worker_settings
+from tests.e2e.conftest import (
+    WorkerProcess,
+    executable,
+    start_worker,
+    submit_bulk_prefix_job,
+    worker_settings,
+)
 from tests.support.brokers import (
     RABBITMQ_URL,
     delete_amqp_topology,
@@ -39,7 +44,6 @@ from tests.support.brokers import (
 from tests.support.callbacks import CallbackReceiver
 from tests.support.waiting import wait_until
 from worker.classify.results import JobLayout, done_shards
-from worker.queue.producer import submit_job
 from worker.settings import Settings
 from worker.storage import S3Store, Storage
 
@@ -120,17 +124,19 @@ def outage_worker(
 
 
 def submit(settings: Settings, receiver: CallbackReceiver, name: str) -> ClassifyJob:
-    job = ClassifyJob.model_validate(
-        {
-            "job_id": f"{name}-{uuid.uuid4().hex[:8]}",
-            "inputs": {"kind": "prefix", "prefix": "s3://inputs/outage/"},
-            "output": {"uri": "s3://results/out"},
-            "priority": "bulk",
-            "callback": {"url": receiver.plan(f"/{name}")},
-        }
+    return submit_bulk_prefix_job(
+        settings, "s3://inputs/outage/", "s3://results/out", receiver, name
     )
-    submit_job(job, settings)
-    return job
+
+
+def wait_for_first_shard(storage: Storage, layout: JobLayout, worker: WorkerProcess) -> None:
+    wait_until(
+        lambda: len(done_shards(storage, layout)) >= 1,
+        120,
+        "the first shard to finish",
+        interval_s=0.05,
+        detail=worker.log_tail,
+    )
 
 
 def test_a_short_s3_outage_only_delays_the_job(
@@ -143,13 +149,7 @@ def test_a_short_s3_outage_only_delays_the_job(
     try:
         job = submit(settings, receiver, "short")
         layout = JobLayout.of(job.output.uri, job.job_id)
-        wait_until(
-            lambda: len(done_shards(storage, layout)) >= 1,
-            120,
-            "the first shard to finish",
-            interval_s=0.05,
-            detail=worker.log_tail,
-        )
+        wait_for_first_shard(storage, layout, worker)
         stopped = time.monotonic()
         s3.stop()
         wait_until(
@@ -186,13 +186,7 @@ def test_an_s3_outage_longer_than_the_window_ends_the_job_partial(
     try:
         job = submit(settings, receiver, "long")
         layout = JobLayout.of(job.output.uri, job.job_id)
-        wait_until(
-            lambda: len(done_shards(storage, layout)) >= 1,
-            120,
-            "the first shard to finish",
-            interval_s=0.05,
-            detail=worker.log_tail,
-        )
+        wait_for_first_shard(storage, layout, worker)
         finished_before = len(done_shards(storage, layout))
         assert finished_before < IMAGES // SHARD_SIZE, "the job ended before S3 could be stopped"
         stopped = time.monotonic()

@@ -15,19 +15,23 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from contracts import ClassifyJob
 from tests.e2e.checks import (
     assert_delivered_once,
     assert_matches_embedded,
     job_results,
     wait_for_callback,
 )
-from tests.e2e.conftest import Dataset, executable, start_worker, worker_settings
+from tests.e2e.conftest import (
+    Dataset,
+    executable,
+    start_worker,
+    submit_bulk_prefix_job,
+    worker_settings,
+)
 from tests.support.brokers import (
     RABBITMQ_URL,
     delete_amqp_topology,
@@ -38,7 +42,6 @@ from tests.support.brokers import (
 from tests.support.callbacks import CallbackReceiver
 from tests.support.waiting import wait_until
 from worker.classify.results import JobLayout, done_shards
-from worker.queue.producer import submit_job
 from worker.queue.topology import setup_sqs_queues
 from worker.settings import Settings
 from worker.storage import Storage
@@ -85,16 +88,7 @@ def test_sigterm_hands_back_the_running_shard_and_the_job_still_finishes(
     first = start_worker(command, settings, logs / "first.log", extra)
     storage = Storage.from_settings(settings)
     output = f"s3://{dataset.bucket}/results/sigterm"
-    job = ClassifyJob.model_validate(
-        {
-            "job_id": f"term-{uuid.uuid4().hex[:8]}",
-            "inputs": {"kind": "prefix", "prefix": dataset.prefix},
-            "output": {"uri": output},
-            "priority": "bulk",
-            "callback": {"url": receiver.plan("/sigterm")},
-        }
-    )
-    submit_job(job, settings)
+    job = submit_bulk_prefix_job(settings, dataset.prefix, output, receiver, "sigterm")
     layout = JobLayout.of(output, job.job_id)
     wait_until(
         lambda: first.events("job_accepted"),
